@@ -28,7 +28,7 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from data_stubs.images import IMAGE_SIZE, NUM_CLASSES, person_style, render
+from data_stubs.images import NUM_CLASSES, person_style, render
 
 __all__ = ["CSV_COLUMNS", "StubConfig", "StubError", "make_stub"]
 
@@ -205,7 +205,8 @@ def train_original(images: np.ndarray, labels: np.ndarray, *, epochs: int, seed:
     """The "original model": ResNet-18 trained on ``images`` (N, 32, 32, 3) uint8, in eval mode.
 
     Adam at lr 1e-3, batch 64: with the defaults about 100% accuracy on the training images
-    and 60% on unseen persons' (chance: 10%), so there is something to unlearn. Leaves torch's global generator as it was.
+    and 60% on unseen persons' (chance: 10%), so there is something to unlearn.
+    Leaves torch's global generator as it was.
     """
     x, y = _as_input(images), torch.from_numpy(labels).long()
     with torch.random.fork_rng(devices=[]):
@@ -244,6 +245,3 @@ def _recalibrate_batchnorm(net: nn.Module, x: torch.Tensor) -> None:
 def _accuracy(net: nn.Module, images: np.ndarray, labels: np.ndarray) -> float:
     logits = torch.cat([net(b) for b in _as_input(images).split(256)])
     return float((logits.argmax(1).numpy() == labels).mean())
-
-
-assert IMAGE_SIZE == 32  # the competition's image size; render() relies on it
