@@ -1,0 +1,83 @@
+"""Batch unpacking: competition dict batches or ``(x, y)`` tuples -> tensors on a device.
+
+Every method reads batches through these functions, so a method runs on the kit's loaders
+(``{'image': (B, C, H, W) float32, 'age_group': (B,) int64, ...}``) and on plain
+``TensorDataset`` loaders alike.
+"""
+
+from collections.abc import Iterable, Iterator, Mapping
+
+import torch
+
+__all__ = ["count_batches", "cycle_batches", "device_batches", "mixed_batches", "unpack_batch"]
+
+LABEL_KEYS = ("age_group", "label", "labels")
+
+
+def unpack_batch(batch, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` on ``device`` from a dict batch (``image`` + ``age_group``) or a tuple.
+
+    Never modifies the batch: ``x`` and ``y`` may share memory with it (on the same device),
+    so callers must not write into them in place.
+    """
+    if isinstance(batch, Mapping):
+        if "image" not in batch:
+            raise KeyError(f"dict batch has no 'image' column (columns: {sorted(batch)})")
+        label_key = next((k for k in LABEL_KEYS if k in batch), None)
+        if label_key is None:
+            raise KeyError(f"dict batch has no label column {LABEL_KEYS}; columns: {sorted(batch)}")
+        x, y = batch["image"], batch[label_key]
+    elif isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        x, y = batch[0], batch[1]
+    else:
+        raise TypeError(f"expected a dict batch or an (x, y) tuple, got {type(batch).__name__}")
+    x = torch.as_tensor(x)
+    if not x.is_floating_point():
+        x = x.float()
+    y = torch.as_tensor(y).long()
+    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def device_batches(loader: Iterable, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One pass over ``loader``, unpacked onto ``device``."""
+    for batch in loader:
+        yield unpack_batch(batch, device)
+
+
+def cycle_batches(loader: Iterable, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless passes over ``loader`` (re-iterated, so a shuffling loader reshuffles)."""
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield unpack_batch(batch, device)
+        if empty:
+            raise ValueError("cannot cycle over an empty loader")
+
+
+def mixed_batches(
+    retain: Iterable, forget: Iterable, device, *, n_retain: int, n_forget: int
+) -> Iterator[tuple[tuple | None, tuple | None]]:
+    """``max(n_retain, n_forget)`` steps of ``(retain_batch | None, forget_batch | None)``.
+
+    Each side's batches are spread evenly over the steps, so one epoch sees ``n_retain``
+    retain batches and ``n_forget`` forget batches once each, mixed as in training on the
+    union of the two sets (the recipe of random-label, SalUn and bad-teacher unlearning).
+    """
+    steps = max(n_retain, n_forget)
+    r_it, f_it = cycle_batches(retain, device), cycle_batches(forget, device)
+    for i in range(steps):
+        take_r = (i + 1) * n_retain // steps > i * n_retain // steps
+        take_f = (i + 1) * n_forget // steps > i * n_forget // steps
+        yield (next(r_it) if take_r else None), (next(f_it) if take_f else None)
+
+
+def count_batches(loader) -> int:
+    """``len(loader)``, with a clear error for loaders that have no length."""
+    try:
+        return len(loader)
+    except TypeError:
+        raise TypeError(
+            f"{type(loader).__name__} has no len(); methods plan their epochs in batches, "
+            "so pass a DataLoader (or any iterable with a length)"
+        ) from None

@@ -1,0 +1,117 @@
+"""Shared pieces of unlearning methods, written once: layer lookup by type, teacher copies and
+KL, gradient masks, penultimate features, relabelling.
+
+Layers are always found by type (Conv2d, Linear, BatchNorm), never by name, so every method
+runs on the kit's small CNN as well as on torchvision's ResNet-18.
+"""
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "apply_grad_masks",
+    "device_of",
+    "frozen_copy",
+    "last_linear",
+    "layers_of_type",
+    "num_classes",
+    "penultimate_features",
+    "random_wrong_labels",
+    "reinitialise",
+    "teacher_kl",
+]
+
+
+def device_of(net: nn.Module) -> torch.device:
+    """The device of ``net``'s parameters (methods never pick a device themselves)."""
+    try:
+        return next(net.parameters()).device
+    except StopIteration:
+        raise ValueError("the model has no parameters") from None
+
+
+def layers_of_type(net: nn.Module, *types: type) -> list[nn.Module]:
+    """Modules of ``net`` that are instances of ``types``, in registration (forward) order."""
+    return [m for m in net.modules() if isinstance(m, types)]
+
+
+def last_linear(net: nn.Module) -> nn.Linear:
+    """The classifier head: the last ``nn.Linear`` registered in ``net``."""
+    linears = layers_of_type(net, nn.Linear)
+    if not linears:
+        raise ValueError(f"{type(net).__name__} has no nn.Linear layer to use as the classifier")
+    return linears[-1]
+
+
+def num_classes(net: nn.Module) -> int:
+    return last_linear(net).out_features
+
+
+def frozen_copy(net: nn.Module) -> nn.Module:
+    """A deep copy in eval mode with gradients off (a teacher)."""
+    teacher = copy.deepcopy(net).eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def reinitialise(net: nn.Module) -> nn.Module:
+    """Re-draw every parameter with its layer's default initialisation (in place)."""
+    for module in net.modules():
+        if hasattr(module, "reset_parameters") and module is not net:
+            module.reset_parameters()
+    return net
+
+
+def teacher_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
+):
+    """KL(teacher || student) at temperature ``T``, times ``T**2`` (Hinton et al. 2015).
+
+    Shapes: ``(B, C)`` logits each; returns a scalar (mean over the batch).
+    """
+    t = temperature
+    log_p_student = F.log_softmax(student_logits / t, dim=1)
+    p_teacher = F.softmax(teacher_logits.detach() / t, dim=1)
+    return F.kl_div(log_p_student, p_teacher, reduction="batchmean") * (t * t)
+
+
+def random_wrong_labels(y: torch.Tensor, classes: int) -> torch.Tensor:
+    """A uniformly random label different from ``y`` for every entry (torch's generator)."""
+    shift = torch.randint(1, classes, y.shape, device=y.device)
+    return (y + shift) % classes
+
+
+def apply_grad_masks(masks: dict[nn.Parameter, torch.Tensor], *, weight_decay: float = 0.0) -> None:
+    """``grad = (grad + weight_decay * w) * mask`` for every masked parameter (in place).
+
+    Call between ``backward()`` and ``optimizer.step()`` with an optimizer built without
+    weight decay: decay is folded in before masking, so a zero mask entry gets neither
+    gradient nor decay, and SGD momentum buffers of frozen entries stay zero. Masks may be
+    boolean (freeze) or float (scale gradients).
+    """
+    for param, mask in masks.items():
+        if param.grad is None:
+            continue
+        if weight_decay:
+            param.grad.add_(param.detach(), alpha=weight_decay)
+        param.grad.mul_(mask)
+
+
+def penultimate_features(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(features, logits)``: the input of the classifier head and the output of ``net``.
+
+    Shapes ``(B, D)`` and ``(B, C)``. Uses a forward hook on :func:`last_linear`, so the
+    network runs once and gradients flow through both outputs.
+    """
+    captured = []
+    handle = last_linear(net).register_forward_hook(
+        lambda m, inputs, out: captured.append(inputs[0])
+    )
+    try:
+        logits = net(x)
+    finally:
+        handle.remove()
+    return captured[-1].flatten(1), logits

@@ -1,0 +1,228 @@
+"""The one shared training loop, with a wall-clock deadline.
+
+A method builds one :class:`TrainLoop` per call, tells it how many steps the published recipe
+plans in total, and then runs its phases (epochs, max/min steps, importance passes) through
+:meth:`TrainLoop.run`, supplying only a ``step_fn`` with its own loss. The loop
+
+- scales the work to the budget: after a few probe steps it measures the seconds per step and
+  runs only the fraction of every later phase that fits (fewer steps per epoch, evenly, rather
+  than dropping the last phases of a recipe);
+- never starts a step it cannot finish before the deadline (a backstop to the scaling);
+- drives learning-rate schedules (:class:`Schedule`) over the steps that will actually run;
+- records per-phase seconds (data loading vs forward/backward/step) into the
+  :func:`record_timings` collector when one is active (``python -m submission.profile``).
+"""
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "Deadline",
+    "Schedule",
+    "Timings",
+    "TrainLoop",
+    "constant",
+    "cosine",
+    "record_timings",
+    "warmup_linear",
+]
+
+
+class Deadline:
+    """Wall-clock budget of one method call, started at construction.
+
+    ``budget_s=None`` means no deadline (the published recipe in full).
+    """
+
+    def __init__(self, budget_s: float | None = None, *, clock: Callable[[], float] | None = None):
+        if budget_s is not None and not (isinstance(budget_s, (int, float)) and budget_s > 0):
+            raise ValueError(f"budget_s must be positive seconds or None, got {budget_s!r}")
+        self.budget_s = None if budget_s is None else float(budget_s)
+        self._clock = clock or time.perf_counter
+        self.start = self._clock()
+
+    def elapsed(self) -> float:
+        return self._clock() - self.start
+
+    def remaining(self) -> float:
+        """Seconds left (``inf`` without a budget; may be negative once past the deadline)."""
+        return math.inf if self.budget_s is None else self.budget_s - self.elapsed()
+
+
+@dataclass
+class Timings:
+    """Seconds spent in the shared loop, summed over every loop run while recording."""
+
+    data_s: float = 0.0  # fetching batches and moving them to the device
+    step_s: float = 0.0  # forward, backward, optimizer step (the method's step_fn)
+    steps: int = 0  # steps run
+    planned_steps: int = 0  # steps the published recipes planned
+    loops: int = 0  # TrainLoop objects created (one per method call)
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+_TIMINGS: ContextVar[Timings | None] = ContextVar("submission_timings", default=None)
+
+
+@contextlib.contextmanager
+def record_timings() -> Iterator[Timings]:
+    """Collect the shared loop's per-phase seconds while the ``with`` block runs."""
+    timings = Timings()
+    token = _TIMINGS.set(timings)
+    try:
+        yield timings
+    finally:
+        _TIMINGS.reset(token)
+
+
+# Learning-rate shapes: multipliers of the base learning rate as a function of progress in [0, 1].
+def constant(progress: float) -> float:
+    return 1.0
+
+
+def cosine(progress: float) -> float:
+    """Cosine decay from 1 to 0 (``CosineAnnealingLR`` over the run)."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+
+
+def warmup_linear(warmup: float = 0.1) -> Callable[[float], float]:
+    """Linear warm-up over the first ``warmup`` fraction, then linear decay to 0."""
+
+    def shape(progress: float) -> float:
+        if progress < warmup:
+            return (progress + 1e-3) / warmup
+        return max(0.0, (1.0 - progress) / (1.0 - warmup))
+
+    return shape
+
+
+class Schedule:
+    """Sets ``optimizer``'s learning rates to ``base * shape(progress)`` before each step.
+
+    ``planned_steps`` is the recipe's number of steps for this optimizer; the loop shrinks it
+    by the budget fraction, so a shortened run still completes the whole schedule.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, shape: Callable, *, planned_steps: int):
+        self.optimizer = optimizer
+        self.shape = shape
+        self.planned_steps = max(1, int(planned_steps))
+        self.done = 0
+        self.base = [group["lr"] for group in optimizer.param_groups]
+
+    def before_step(self, fraction: float) -> None:
+        total = max(1, round(self.planned_steps * fraction))
+        factor = self.shape(min(self.done / total, 1.0))
+        for group, base in zip(self.optimizer.param_groups, self.base, strict=True):
+            group["lr"] = base * factor
+        self.done += 1
+
+
+class TrainLoop:
+    """Runs a method's phases within one deadline; see the module docstring.
+
+    ``planned_steps``: the steps of the published recipe over all phases of the call.
+    ``probe_steps``: steps measured before the budget fraction is first computed.
+    ``margin``: share of the remaining budget the scaling plans to use (the rest absorbs
+    timing noise and the work after the loop).
+    """
+
+    def __init__(
+        self,
+        deadline: Deadline,
+        *,
+        planned_steps: int,
+        probe_steps: int = 3,
+        margin: float = 0.85,
+        device: torch.device | None = None,
+    ):
+        self.deadline = deadline
+        self.planned_steps = max(1, int(planned_steps))
+        self.probe_steps = probe_steps
+        self.margin = margin
+        self.sync = device is not None and torch.device(device).type == "cuda"
+        self.fraction = 1.0  # share of each phase that runs
+        self.steps = 0
+        self.step_seconds = 0.0  # summed seconds per step, data included
+        self.started = 0  # planned steps of the phases started so far
+        self.stopped = False  # True once the deadline cut a phase short
+        self._timings = _TIMINGS.get()
+        if self._timings is not None:
+            self._timings.loops += 1
+            self._timings.planned_steps += self.planned_steps
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.step_seconds / self.steps if self.steps else 0.0
+
+    def _rescale(self, upcoming: int) -> None:
+        """Fraction of the remaining planned steps (``upcoming`` included) that fits."""
+        if self.deadline.budget_s is None or self.steps < self.probe_steps:
+            return
+        left = max(self.planned_steps - self.started + upcoming, 1)
+        affordable = self.margin * self.deadline.remaining() / self.seconds_per_step
+        self.fraction = min(1.0, max(affordable, 0.0) / left)
+
+    def run(
+        self,
+        batches: Iterable,
+        step_fn: Callable[..., torch.Tensor | float | None],
+        *,
+        steps: int,
+        schedules: tuple[Schedule, ...] = (),
+    ) -> int:
+        """Up to ``steps`` calls of ``step_fn(batch)`` over ``batches``, scaled to the budget.
+
+        ``step_fn`` does the forward, backward and optimizer step and may return the loss.
+        Returns the number of steps run in this phase.
+        """
+        self.started += steps
+        self._rescale(steps)
+        it = iter(batches)
+        done = 0
+        while True:
+            limit = steps if self.fraction >= 1.0 else max(1, math.ceil(self.fraction * steps))
+            if done >= limit or not self._fits_another():
+                break
+            t0 = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                break
+            t1 = time.perf_counter()
+            for schedule in schedules:
+                schedule.before_step(self.fraction)
+            loss = step_fn(batch)
+            if isinstance(loss, torch.Tensor):
+                loss = loss.detach()
+            if self.sync:
+                torch.cuda.synchronize()
+            t2 = time.perf_counter()
+            done += 1
+            self.steps += 1
+            self.step_seconds += t2 - t0
+            if self._timings is not None:
+                self._timings.data_s += t1 - t0
+                self._timings.step_s += t2 - t1
+                self._timings.steps += 1
+            if self.steps == self.probe_steps:
+                self._rescale(steps - done)
+        return done
+
+    def _fits_another(self) -> bool:
+        if self.deadline.budget_s is None:
+            return True
+        if self.steps == 0:
+            return self.deadline.remaining() > 0
+        if self.deadline.remaining() < self.seconds_per_step:
+            self.stopped = True
+            return False
+        return True

@@ -1,0 +1,57 @@
+"""NegGrad+: gradient descent on retain and ascent on forget in the same step.
+
+Recipe (Kurmanji et al. 2023, "Towards Unbounded Machine Unlearning", NeurIPS; the NegGrad+
+baseline): ``loss = a * CE(retain batch) - (1 - a) * CE(forget batch)`` with a = 0.95, one
+retain epoch with the forget set cycled alongside, SGD with momentum and weight decay.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from ..batches import count_batches, cycle_batches, device_batches
+from ..helpers import device_of
+from ..loop import Deadline, Schedule, TrainLoop, cosine
+from ..registry import register
+
+
+@register("neggrad_plus")
+def neggrad_plus(
+    net,
+    retain,
+    forget,
+    val,
+    *,
+    budget_s=None,
+    alpha: float = 0.95,
+    epochs: int = 1,
+    lr: float = 1e-3,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+):
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    deadline = Deadline(budget_s)
+    device = device_of(net)
+    n_retain = count_batches(retain)
+    optimizer = torch.optim.SGD(
+        net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+    )
+    schedule = Schedule(optimizer, cosine, planned_steps=epochs * n_retain)
+    loop = TrainLoop(deadline, planned_steps=epochs * n_retain, device=device)
+    forget_batches = cycle_batches(forget, device)
+
+    def step(batch):
+        (xr, yr), (xf, yf) = batch
+        optimizer.zero_grad(set_to_none=True)
+        loss = alpha * F.cross_entropy(net(xr), yr) - (1 - alpha) * F.cross_entropy(net(xf), yf)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    net.train()
+    for _ in range(epochs):
+        batches = zip(device_batches(retain, device), forget_batches, strict=False)
+        loop.run(batches, step, steps=n_retain, schedules=(schedule,))
+        if loop.stopped:
+            break
+    return net.eval()

@@ -1,0 +1,58 @@
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from submission.batches import count_batches, cycle_batches, mixed_batches, unpack_batch
+
+
+def test_dict_batch_is_unpacked_to_image_and_age_group():
+    batch = {"image": torch.ones(2, 3, 4, 4), "age_group": torch.tensor([1, 2]), "age": [30, 40]}
+    x, y = unpack_batch(batch, "cpu")
+    assert x.shape == (2, 3, 4, 4) and x.dtype == torch.float32
+    assert y.tolist() == [1, 2] and y.dtype == torch.int64
+
+
+def test_tuple_and_list_batches_use_the_first_two_entries():
+    x, y = unpack_batch(
+        [torch.zeros(3, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, 1, 2]), "id"], "cpu"
+    )
+    assert x.dtype == torch.float32 and y.tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("batch", "error", "match"),
+    [
+        ({"age_group": torch.zeros(1)}, KeyError, "no 'image'"),
+        ({"image": torch.zeros(1, 1, 1, 1)}, KeyError, "no label column"),
+        (torch.zeros(3), TypeError, "dict batch or an"),
+    ],
+)
+def test_malformed_batches_are_clear_errors(batch, error, match):
+    with pytest.raises(error, match=match):
+        unpack_batch(batch, "cpu")
+
+
+def test_count_batches_needs_a_length():
+    assert count_batches([1, 2, 3]) == 3
+    with pytest.raises(TypeError, match="no len"):
+        count_batches(iter([1]))
+
+
+def test_cycle_re_iterates_and_refuses_empty_loaders():
+    loader = [(torch.zeros(1), torch.tensor([i])) for i in range(2)]
+    it = cycle_batches(loader, "cpu")
+    assert [int(next(it)[1]) for _ in range(5)] == [0, 1, 0, 1, 0]
+    with pytest.raises(ValueError, match="empty"):
+        next(cycle_batches([], "cpu"))
+
+
+@given(st.integers(1, 30), st.integers(1, 30))
+def test_mixed_batches_use_each_batch_once_per_epoch(n_retain, n_forget):
+    retain = [(torch.zeros(1), torch.tensor([i])) for i in range(n_retain)]
+    forget = [(torch.zeros(1), torch.tensor([100 + i])) for i in range(n_forget)]
+    steps = list(mixed_batches(retain, forget, "cpu", n_retain=n_retain, n_forget=n_forget))
+    assert len(steps) == max(n_retain, n_forget)
+    assert all(r is not None or f is not None for r, f in steps)
+    assert [int(r[1]) for r, _ in steps if r is not None] == list(range(n_retain))
+    assert [int(f[1]) for _, f in steps if f is not None] == [100 + i for i in range(n_forget)]

@@ -1,0 +1,98 @@
+import math
+import time
+
+import pytest
+import torch
+
+from submission.loop import Deadline, Schedule, TrainLoop, cosine, record_timings, warmup_linear
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_deadline_counts_down_on_its_clock():
+    clock = FakeClock()
+    deadline = Deadline(10, clock=clock)
+    clock.now += 4
+    assert deadline.elapsed() == pytest.approx(4)
+    assert deadline.remaining() == pytest.approx(6)
+    assert Deadline(None).remaining() == math.inf
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), "5"])
+def test_deadline_refuses_a_non_positive_budget(bad):
+    with pytest.raises(ValueError, match="budget_s"):
+        Deadline(bad)
+
+
+def test_cosine_and_warmup_shapes():
+    assert cosine(0) == 1 and cosine(1) == pytest.approx(0) and cosine(0.5) == pytest.approx(0.5)
+    shape = warmup_linear(0.2)
+    assert shape(0.0) < 0.01 and shape(0.2) == pytest.approx(1) and shape(0.6) == pytest.approx(0.5)
+    assert shape(1.0) == 0
+
+
+def test_schedule_runs_its_whole_shape_over_the_shortened_run():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    schedule = Schedule(opt, cosine, planned_steps=100)
+    lrs = []
+    for _ in range(10):  # the budget allowed 10% of the plan
+        schedule.before_step(0.1)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[0] == pytest.approx(0.1)
+    assert lrs[5] == pytest.approx(0.05)
+    assert lrs == sorted(lrs, reverse=True)
+
+
+def test_unlimited_loop_runs_every_step():
+    seen = []
+    loop = TrainLoop(Deadline(None), planned_steps=7)
+    assert loop.run(range(10), seen.append, steps=7) == 7
+    assert seen == list(range(7)) and not loop.stopped
+
+
+def test_loop_stops_when_the_batches_run_out():
+    loop = TrainLoop(Deadline(None), planned_steps=7)
+    assert loop.run(range(3), lambda b: None, steps=7) == 3
+
+
+def test_loop_scales_every_phase_to_the_budget():
+    """Steps of 20 ms, 200 planned (4 s): a 0.5 s budget runs a share of each phase."""
+    loop = TrainLoop(Deadline(0.5), planned_steps=200, margin=0.8)
+    start = time.perf_counter()
+    per_phase = [loop.run(range(50), lambda b: time.sleep(0.02), steps=50) for _ in range(4)]
+    elapsed = time.perf_counter() - start
+    assert elapsed < 0.5 + 0.05
+    assert all(done >= 1 for done in per_phase), per_phase  # every phase got its share
+    assert sum(per_phase) <= 25
+    assert loop.fraction < 0.15
+
+
+def test_loop_never_starts_a_step_it_cannot_finish():
+    loop = TrainLoop(Deadline(0.3), planned_steps=1, probe_steps=100)  # no scaling: backstop only
+    start = time.perf_counter()
+    done = loop.run(range(100), lambda b: time.sleep(0.05), steps=100)
+    assert time.perf_counter() - start < 0.3 + 0.02
+    assert 4 <= done <= 6 and loop.stopped
+
+
+def test_timings_are_recorded_per_phase():
+    def slow_batches():
+        for i in range(4):
+            time.sleep(0.02)
+            yield i
+
+    with record_timings() as timings:
+        loop = TrainLoop(Deadline(None), planned_steps=4)
+        loop.run(slow_batches(), lambda b: time.sleep(0.01), steps=4)
+    assert timings.steps == 4 and timings.planned_steps == 4 and timings.loops == 1
+    assert 0.08 <= timings.data_s < 0.2
+    assert 0.04 <= timings.step_s < 0.15
+    # Outside the block nothing is recorded.
+    TrainLoop(Deadline(None), planned_steps=4).run(range(4), lambda b: None, steps=4)
+    assert timings.steps == 4
