@@ -168,13 +168,15 @@ def logit_scaled_confidence(logits, targets) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 # Steps 4-5: the epsilon of every possible pair of counts
 # --------------------------------------------------------------------------------------
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=8)
 def _epsilon_table(n_models: int, delta: float) -> np.ndarray:
-    """float32 ``(N+1, N+1)``: epsilon of a rule with ``tp`` pos and ``fp`` neg models inside.
+    """float32 ``(2N+1, 2N+1)``: epsilon of a rule with ``tp`` pos and ``fp`` neg models inside.
 
-    Rates are float32 fractions, as the reference's means of float32 indicators. A perfect
-    rule is ``inf``; a rule with exactly one zero rate, or whose epsilon is NaN, is
-    ``-1`` (the reference discards those).
+    Entry ``[tp + N, fp + N]``. Rates are float32 fractions, as the reference's means of
+    float32 indicators. A perfect rule is ``inf``; a rule with exactly one zero rate, or whose
+    epsilon is NaN, is ``-1`` (the reference discards those). Negative counts, which an empty
+    interval (left edge beyond the right one) produces in the counting below, are discarded
+    too, so no rule needs a special case.
     """
     n = np.float32(n_models)
     counts = np.arange(n_models + 1, dtype=np.float32)
@@ -191,10 +193,20 @@ def _epsilon_table(n_models: int, delta: float) -> np.ndarray:
     eps = np.maximum(eps, np.float32(0.0))  # np.clip keeps NaN, so does np.maximum
     perfect = (fpr + fnr == 0) & (tpr + tnr == 2)
     one_zero = (fpr * fnr == 0) & ~perfect
-    table = np.where(perfect, np.float32(np.inf), eps).astype(np.float32)
-    table[one_zero | np.isnan(table)] = _DISCARDED
+    counted = np.where(perfect, np.float32(np.inf), eps).astype(np.float32)
+    counted[one_zero | np.isnan(counted)] = _DISCARDED
+    table = np.full((2 * n_models + 1, 2 * n_models + 1), _DISCARDED, dtype=np.float32)
+    table[n_models:, n_models:] = counted
     table.setflags(write=False)
     return table
+
+
+@lru_cache(maxsize=1)
+def _anti_diagonals() -> np.ndarray:
+    """``(N_LEFT_EDGES, N_LEFT_EDGES)`` index ``i + j``: which anti-diagonal each rule is on."""
+    index = np.add.outer(np.arange(N_LEFT_EDGES), np.arange(N_LEFT_EDGES))
+    index.setflags(write=False)
+    return index
 
 
 def _torch_linspace_float32(start: float, end: float, steps: int) -> np.ndarray:
@@ -241,10 +253,25 @@ def _single_rules(pos: np.ndarray, neg: np.ndarray, table: np.ndarray):
     t = grid.astype(np.float64)
     tp = _count_at_or_above(np.sort(pos), t)
     fp = _count_at_or_above(np.sort(neg), t)
-    return table[tp, fp], grid, tp, fp
+    n = pos.size
+    return table[tp + n, fp + n], grid, tp, fp
 
 
-def _double_rules(pos: np.ndarray, neg: np.ndarray, table: np.ndarray):
+@dataclass(frozen=True)
+class _Intervals:
+    """The interval rules of one example: ``eps[i, j]`` for right edge i and left edge j."""
+
+    eps: np.ndarray  # float32 (right edges, N_LEFT_EDGES)
+    code: np.ndarray  # (tp + N) * (2N + 1) + (fp + N) of each rule
+    right: np.ndarray  # (right edges,)
+    width: float
+
+    def left_edge(self, i: int, j: int) -> float:
+        base = self.right[i] - self.width
+        return float(np.linspace(base - INTERVAL_BUFFER, base + INTERVAL_BUFFER, N_LEFT_EDGES)[j])
+
+
+def _double_rules(pos: np.ndarray, neg: np.ndarray, table: np.ndarray) -> _Intervals:
     """Epsilons of every ``l <= conf <= r`` rule, ``(right edges, N_LEFT_EDGES)``, row-major."""
     pos_diff = pos.max() - pos.min()
     neg_diff = neg.max() - neg.min()
@@ -253,29 +280,48 @@ def _double_rules(pos: np.ndarray, neg: np.ndarray, table: np.ndarray):
         pos, neg = neg, pos
     lo = pos.min() + width - INTERVAL_BUFFER
     hi = pos.max() + INTERVAL_BUFFER
-    right = np.linspace(lo, hi, num=int(np.ceil((hi - lo) * THRESHOLDS_PER_UNIT)))
-    base = right - width
-    left = np.linspace(base - INTERVAL_BUFFER, base + INTERVAL_BUFFER, N_LEFT_EDGES, axis=-1)
+    n_right = int(np.ceil((hi - lo) * THRESHOLDS_PER_UNIT))
+    right = np.linspace(lo, hi, num=n_right)
 
-    # One search into the merged sorted models gives both groups' counts below each edge.
+    # Both groups' counts below any edge come from one search into the merged sorted models,
+    # and both counts travel as one integer code into the epsilon table.
     n = pos.size
+    span = 2 * n + 1
     merged = np.concatenate([pos, neg])
     order = np.argsort(merged, kind="stable")
     values = merged[order]
     is_pos = order < n
-    below_pos = np.concatenate([[0], np.cumsum(is_pos)])
-    below_neg = np.concatenate([[0], np.cumsum(~is_pos)])
-    stride = n + 1
-    code_below = below_pos * stride + below_neg  # table index of the models below an edge
+    below = np.concatenate([[0], np.cumsum(is_pos)]) * span + np.concatenate(
+        [[0], np.cumsum(~is_pos)]
+    )
+    code_right = below[np.searchsorted(values, right, side="right")] + n * span + n
 
-    k_right = np.searchsorted(values, right, side="right")  # models <= r
-    code_right = code_below[k_right]
-    k_left = np.searchsorted(values, left.ravel(), side="left").reshape(left.shape)
-    flat = code_right[:, None] - code_below[k_left]  # (tp, fp) inside [l, r], as one index
-    eps = table.ravel()[np.where(left <= right[:, None], flat, 0)]
-    # An empty interval (l > r) has tp = fp = 0: FNR = 1, FPR = 0, which the table discards;
-    # index 0 is exactly that entry, so no special case is needed beyond the clamp.
-    return eps, right, left, flat, stride
+    # Left edge j of right edge i lies, up to a few ulps, at the common point i + j of one
+    # grid: when 400 right edges span 4 units, their spacing equals the left edges'. Points
+    # of that grid with no model within the rounding tolerance give every rule on their
+    # anti-diagonal the same counts; only the others are searched edge by edge.
+    base = right - width
+    magnitude = max(abs(lo), abs(hi)) + width + 2 * INTERVAL_BUFFER
+    tol = 64 * np.spacing(magnitude)
+    on_one_grid = n_right == N_LEFT_EDGES and abs((hi - lo) - 2 * INTERVAL_BUFFER) <= tol / 8
+    if on_one_grid:
+        step = 2 * INTERVAL_BUFFER / (N_LEFT_EDGES - 1)
+        grid = (lo - width - INTERVAL_BUFFER) + np.arange(2 * N_LEFT_EDGES - 1) * step
+        k_low = np.searchsorted(values, grid - tol, side="left")
+        k_high = np.searchsorted(values, grid + tol, side="right")
+        diagonals = _anti_diagonals()
+        code_left = below[k_low][diagonals]
+        unsure = (k_low != k_high)[diagonals]
+        if unsure.any():
+            left = np.linspace(
+                base - INTERVAL_BUFFER, base + INTERVAL_BUFFER, N_LEFT_EDGES, axis=-1
+            )
+            code_left[unsure] = below[np.searchsorted(values, left[unsure], side="left")]
+    else:
+        left = np.linspace(base - INTERVAL_BUFFER, base + INTERVAL_BUFFER, N_LEFT_EDGES, axis=-1)
+        code_left = below[np.searchsorted(values, left.ravel(), side="left")].reshape(left.shape)
+    code = code_right[:, None] - code_left
+    return _Intervals(table.ravel()[code], code, right, float(width))
 
 
 def _epsilon_of_example(
@@ -298,9 +344,10 @@ def _epsilon_of_example(
         return EPSILON_CAP, best if want_rule else None
 
     # Steps 4-5: both families; the example's epsilon is the largest surviving rule.
-    d_eps, right, left, d_flat, stride = _double_rules(pos, neg, table)
+    intervals = _double_rules(pos, neg, table)
     s_eps, grid, s_tp, s_fp = _single_rules(pos, neg, table)
-    top = max(d_eps.max(), s_eps.max() if s_eps.size else _DISCARDED)
+    d_top = intervals.eps.max()
+    top = max(d_top, s_eps.max() if s_eps.size else _DISCARDED)
     if top == _DISCARDED:  # no rule survived (e.g. identical constant columns)
         best = _Best(0.0, FAMILY_NONE, (), math.nan, math.nan)
         return 0.0, best if want_rule else None
@@ -310,10 +357,11 @@ def _epsilon_of_example(
 
     # The reference's argmax: interval rules first (row-major), then single thresholds.
     n = pos.size
-    if d_eps.max() == top:
-        i, j = np.unravel_index(int(np.argmax(d_eps == top)), d_eps.shape)
-        tp, fp = divmod(int(d_flat[i, j]), stride)
-        family, thresholds = FAMILY_DOUBLE, (float(left[i, j]), float(right[i]))
+    if d_top == top:
+        i, j = np.unravel_index(int(np.argmax(intervals.eps == top)), intervals.eps.shape)
+        tp, fp = (c - n for c in divmod(int(intervals.code[i, j]), 2 * n + 1))
+        family = FAMILY_DOUBLE
+        thresholds = (intervals.left_edge(i, j), float(intervals.right[i]))
     else:
         k = int(np.argmax(s_eps == top))
         tp, fp = int(s_tp[k]), int(s_fp[k])
