@@ -1,0 +1,48 @@
+"""``python -m notebooks build (--method NAME | --submission FILE.py) --out FILE.ipynb``."""
+
+import argparse
+import ast
+import sys
+
+from notebooks.build import BuildError, build_kaggle_notebook, write_notebook
+
+
+def _parse_set(items: list[str]) -> dict:
+    kwargs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise BuildError(f"--set expects NAME=VALUE, got {item!r}")
+        try:
+            kwargs[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            kwargs[key] = value  # a bare word: a string
+    return kwargs
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m notebooks", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="a self-contained Kaggle submission notebook")
+    source = build.add_mutually_exclusive_group(required=True)
+    source.add_argument("--method", help="a registered method (submission.METHODS)")
+    source.add_argument("--submission", metavar="FILE.py",
+                        help="a file defining unlearning(net, retain, forget, val)")
+    build.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                       help="override a method hyperparameter (repeatable; --method only)")
+    build.add_argument("--out", required=True, metavar="FILE.ipynb")
+    args = parser.parse_args(argv)
+    try:
+        nb = build_kaggle_notebook(method=args.method, submission_file=args.submission,
+                                   method_kwargs=_parse_set(args.set) or None)
+    except BuildError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = write_notebook(nb, args.out)
+    inlined = ", ".join(nb.metadata["unlearning_kit"]["inlined"])
+    print(f"wrote {out} (inlined: {inlined})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

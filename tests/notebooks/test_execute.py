@@ -1,0 +1,106 @@
+"""Built notebooks executed end to end in a real kernel, against the stub inputs."""
+
+import time
+import zipfile
+
+import nbformat
+import pytest
+import torch
+import torchvision
+
+from notebooks import build_kaggle_notebook
+
+pytestmark = pytest.mark.slow
+
+# A user's file as a competitor would write it: no budget_s, no kit imports.
+USER_SUBMISSION = '''
+import torch
+
+
+def unlearning(net, retain_loader, forget_loader, val_loader):
+    """One SGD step on a retain batch: enough to change the weights."""
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-3)
+    batch = next(iter(retain_loader))
+    net.train()
+    loss = torch.nn.functional.cross_entropy(net(batch["image"]), batch["age_group"])
+    loss.backward()
+    optimizer.step()
+    net.eval()
+'''
+
+
+def _dirs(tmp_path):
+    work, tmp = tmp_path / "working", tmp_path / "kaggle_tmp"
+    work.mkdir()
+    return work, tmp
+
+
+def _env(input_dir, work, tmp, n, **extra):
+    return {"UNLEARN_INPUT_DIR": input_dir, "UNLEARN_WORK_DIR": work, "UNLEARN_TMP_DIR": tmp,
+            "UNLEARN_N": n, "UNLEARN_ALLOW_CPU": "1", **extra}
+
+
+def _outputs(nb) -> str:
+    return "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                     for o in c.get("outputs", []))
+
+
+def _check_submission(work, tmp, n):
+    names = {f"unlearned_checkpoint_{i}.pth" for i in range(n)}
+    assert {p.name for p in tmp.iterdir()} == names
+    with zipfile.ZipFile(work / "submission.zip") as zf:
+        members = zf.namelist()
+    # Named like the template's `zip submission.zip /kaggle/tmp/*.pth`: absolute path minus '/'.
+    assert sorted(members) == sorted(str(tmp / name).lstrip("/") for name in names)
+    for name in names:
+        net = torchvision.models.resnet18(weights=None, num_classes=10)
+        net.load_state_dict(torch.load(tmp / name, weights_only=True))
+    return members
+
+
+def test_method_notebook_writes_n_checkpoints_and_zip(execute, stub_dir, tmp_path):
+    nb = build_kaggle_notebook(method="finetune")
+    nbformat.validate(nb)
+    work, tmp = _dirs(tmp_path)
+    nb = execute(nb, tmp_path, **_env(stub_dir, work, tmp, 3, UNLEARN_TIME_LIMIT_H="0.02"))
+    _check_submission(work, tmp, 3)
+    assert [p.name for p in work.iterdir()] == ["submission.zip"]
+    out = _outputs(nb)
+    assert "run 3/3" in out and "granted" in out
+    # The checkpoints differ from the original: unlearning ran.
+    original = torch.load(stub_dir / "original_model.pth", weights_only=True)
+    changed = torch.load(tmp / "unlearned_checkpoint_0.pth", weights_only=True)
+    assert any(not torch.equal(original[k], changed[k]) for k in original)
+
+
+def test_user_submission_without_budget_runs(execute, stub_dir, tmp_path):
+    path = tmp_path / "my_submission.py"
+    path.write_text(USER_SUBMISSION)
+    work, tmp = _dirs(tmp_path)
+    nb = execute(build_kaggle_notebook(submission_file=path), tmp_path,
+                 **_env(stub_dir, work, tmp, 2))
+    _check_submission(work, tmp, 2)
+    assert "takes no budget_s" in _outputs(nb)
+
+
+def test_mock_input_writes_only_an_empty_zip(execute, mock_dir, tmp_path):
+    work, tmp = _dirs(tmp_path)
+    start = time.perf_counter()
+    execute(build_kaggle_notebook(method="finetune"), tmp_path, **_env(mock_dir, work, tmp, 512))
+    assert time.perf_counter() - start < 60  # nothing heavy: 512 runs would take far longer
+    assert [p.name for p in work.iterdir()] == ["submission.zip"]
+    with zipfile.ZipFile(work / "submission.zip") as zf:
+        assert zf.namelist() == []
+    assert not tmp.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal to run without a GPU")
+def test_refuses_cpu_unless_allowed(execute, mock_dir, tmp_path):
+    from nbclient.exceptions import CellExecutionError
+
+    work, tmp = _dirs(tmp_path)
+    env = _env(mock_dir, work, tmp, 1)
+    env["UNLEARN_ALLOW_CPU"] = "0"
+    with pytest.raises(CellExecutionError, match="No GPU found"):
+        execute(build_kaggle_notebook(method="finetune"), tmp_path, **env)
+    assert not (work / "submission.zip").exists()
