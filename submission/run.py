@@ -293,20 +293,32 @@ def write_zip(out: Path, n: int) -> Path:
 # ---------------------------------------------------------------- budget
 
 
+def duration(seconds: float) -> str:
+    """``'42 s'``, ``'12.5 min'`` or ``'3.20 h'``."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
 class BudgetWatch:
     """Projects the job's total time from the runs so far and refuses runs that cannot fit."""
 
-    def __init__(self, total_s: float, todo: int, *, prior_s: float = 0.0, warn_after: int = 2):
+    def __init__(
+        self, total_s: float, todo: int, *, prior_s: float = 0.0, warn_after: int = 2, clock=None
+    ):
+        self.clock = clock or time.perf_counter
         self.total_s = total_s
         self.prior_s = prior_s  # expected seconds of a run before any was measured
         self.todo = todo
-        self.start = time.perf_counter()
+        self.start = self.clock()
         self.run_seconds: list[float] = []
         self.warn_after = warn_after
         self.warned = False
 
     def elapsed(self) -> float:
-        return time.perf_counter() - self.start
+        return self.clock() - self.start
 
     def estimate(self) -> float:
         """Seconds the next run will take (mean of the runs so far, slowest-weighted)."""
@@ -334,9 +346,9 @@ class BudgetWatch:
             return None
         self.warned = True
         return (
-            f"warning: at {self.estimate():.2f} s per run the {self.todo} remaining runs need "
-            f"about {projected / 3600:.2f} h, over the {self.total_s / 3600:.2f} h budget; "
-            f"about {self.runs_that_fit()} runs fit"
+            f"warning: at {self.estimate():.2f} s per run the {self.todo} runs need about "
+            f"{duration(projected)}, over the {duration(self.total_s)} budget; "
+            f"about {self.runs_that_fit()} of them fit"
         )
 
 
@@ -365,26 +377,41 @@ class Inputs:
 
 
 def load_inputs(args) -> Inputs:
-    """Validate and load everything a run needs (clear errors, no tracebacks)."""
-    from local_eval.data import load_setup
-    from local_eval.models import build_model
+    """Validate and load everything a run needs (clear errors, no tracebacks).
 
+    Cheap checks first, so a typo is reported before the data is loaded.
+    """
     original_path = check_file(args.original, "original model")
     method = resolve_method(
         method=args.method, submission=args.submission, overrides=parse_hparams(args.hp)
     )
+    device = parse_device(args.device)
+    original = load_state_dict(original_path)
+    setup, model = load_setup_and_model(args)
+    check_state_dict_fits(original, model, args.arch, original_path)
+    return Inputs(setup, original, sha256_of(original_path), method, device)
+
+
+def parse_device(name: str | None) -> torch.device:
     try:
-        device = torch.device(args.device or default_device())
+        device = torch.device(name or default_device())
     except RuntimeError as e:
-        raise UsageError(f"bad --device {args.device!r}: {e}") from None
+        raise UsageError(f"bad --device {name!r}: {e}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda asked for, but torch sees no CUDA device")
+    return device
+
+
+def load_setup_and_model(args):
+    """``(DataSetup, freshly built model)`` through local_eval's data and model contracts."""
+    from local_eval.data import load_setup
+    from local_eval.models import build_model
+
     try:
         kwargs = {"forget": args.forget} if args.forget else {}
         setup = load_setup(args.data, seed=args.seed, **kwargs)
     except (ValueError, FileNotFoundError, KeyError) as e:
         raise UsageError(f"cannot load --data {args.data!r}: {e}") from None
-    original = load_state_dict(original_path)
     try:
         model = build_model(
             args.arch,
@@ -393,9 +420,8 @@ def load_inputs(args) -> Inputs:
             image_size=setup.image_size,
         )
     except (ValueError, KeyError) as e:
-        raise UsageError(f"unknown --arch {args.arch!r}: {e}") from None
-    check_state_dict_fits(original, model, args.arch, original_path)
-    return Inputs(setup, original, sha256_of(original_path), method, device)
+        raise UsageError(f"cannot build --arch {args.arch!r}: {e}") from None
+    return setup, model
 
 
 def run_once(inputs: Inputs, args, run_seed: int, budget_s: float | None) -> dict:
