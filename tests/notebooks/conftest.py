@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from data_stubs import StubConfig, make_stub
+from tests.notebooks.fakes import write_package
 
 KERNEL_NAME = "unlearning-kit-tests"
 # A small stub: what matters here is the notebook's plumbing, not the model's quality.
@@ -63,3 +64,12 @@ def execute(kernel_name):
         return nb
 
     return run
+
+
+@pytest.fixture
+def fakekit(tmp_path, monkeypatch):
+    pkg = write_package(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield pkg
+    for mod in [m for m in sys.modules if m == "fakekit" or m.startswith("fakekit.")]:
+        del sys.modules[mod]
