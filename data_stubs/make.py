@@ -113,41 +113,32 @@ def _move_into_place(tmp: Path, out_dir: Path) -> None:
 
 
 def _people(config: StubConfig, rng: np.random.Generator) -> list[dict]:
-    """Every person (training persons first): id, age group, age, split, drawing style."""
-    total = config.n_persons + config.n_val_persons
+    """Every person: id, age group, age, split (retain, forget or validation), drawing style.
+
+    The forget set is class-imbalanced like the real one: three quarters of its persons
+    (rounded up) belong to one age group and the rest to a second, and the retain set keeps
+    at least two persons of each of those groups (forgetting persons, not whole classes).
+    Every other person's group is drawn from the imbalanced :data:`GROUP_WEIGHTS`.
+    """
+    k, total = config.n_forget_persons, config.n_persons + config.n_val_persons
+    weights = GROUP_WEIGHTS / GROUP_WEIGHTS.sum()
+    first, second = (int(g) for g in rng.choice(NUM_CLASSES, size=2, replace=False, p=weights))
+    n_first = -(-3 * k // 4)
+    forced = [first] * n_first + [second] * (k - n_first) + [first, first, second, second]
+    groups = forced + [int(g) for g in rng.choice(NUM_CLASSES, size=total - len(forced),
+                                                   p=weights)]
     ids = rng.choice(np.arange(1000, 10000), size=total, replace=False)
-    groups = rng.choice(NUM_CLASSES, size=total, p=GROUP_WEIGHTS / GROUP_WEIGHTS.sum())
     people = []
     for i, (pid, group) in enumerate(zip(ids, groups, strict=True)):
+        split = "forget" if i < k else "retain" if i < config.n_persons else "validation"
         people.append({
             "person_id": int(pid),
-            "age_group": int(group),
-            # A random age inside the group's 7-year band.
-            "age": int(5 + 7 * group + rng.integers(0, 7)),
-            "split": "retain" if i < config.n_persons else "validation",
-            "style": person_style(int(group), rng),
+            "age_group": group,
+            "age": int(5 + 7 * group + rng.integers(0, 7)),  # inside the group's 7-year band
+            "split": split,
+            "style": person_style(group, rng),
         })
-    _choose_forget_persons(people[: config.n_persons], config.n_forget_persons, rng)
     return people
-
-
-def _choose_forget_persons(train: list[dict], k: int, rng: np.random.Generator) -> None:
-    """Mark ``k`` persons as forget, mostly from the commonest group: a class-imbalanced set.
-
-    Three quarters (rounded up) come from the commonest age group and the rest from the next,
-    always leaving at least two persons of each in retain.
-    """
-    counts = np.bincount([p["age_group"] for p in train], minlength=NUM_CLASSES)
-    order = np.argsort(-counts, kind="stable")
-    wanted = {int(order[0]): -(-3 * k // 4)}
-    wanted[int(order[1])] = k - wanted[int(order[0])]
-    for group, n in wanted.items():
-        members = [p for p in train if p["age_group"] == group]
-        n = min(n, len(members) - 2)
-        for j in rng.choice(len(members), size=max(n, 0), replace=False):
-            members[j]["split"] = "forget"
-    if not any(p["split"] == "forget" for p in train):
-        raise StubError("no age group has enough persons for a forget set; raise n_persons")
 
 
 def _write_full_stub(root: Path, config: StubConfig) -> None:
