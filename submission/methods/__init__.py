@@ -2,11 +2,21 @@
 
 from . import (  # noqa: F401  (imported for their @register side effect)
     bad_teacher,
+    contrastive,
+    conv_transpose,
     finetune,
+    fisher_forgetting,
+    forget_contrast,
+    forget_free,
     masked_small_gradients,
     neggrad_plus,
+    noise_injection,
+    noisy_weights,
+    prune_reinit,
     random_label,
+    reset_distill,
     salun,
     scrub,
     ssd,
+    svd_projection,
 )

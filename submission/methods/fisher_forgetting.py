@@ -1,0 +1,130 @@
+"""Fisher forgetting: Gaussian noise on every weight, scaled by the inverse retain Fisher.
+
+Recipe (Golatkar, Achille and Soatto, "Eternal Sunshine of the Spotless Net: Selective
+Forgetting in Deep Networks", CVPR 2020; ``fisher`` forgetting in their code): the diagonal
+Fisher information of the retain loss,
+``F_i = mean over retain samples x of sum_y p(y|x) (d log p(y|x) / d w_i)**2``
+(the true Fisher: per-sample gradients for every class, weighted by the predicted
+probability), then ``w_i += sqrt(var_i) * N(0, 1)`` with
+``var_i = alpha * min(1 / (F_i + 1e-8), 1e3)`` (``1e2`` for the classifier), alpha about 1e-6.
+Weights the retain set needs (large F) barely move; the rest are drowned in noise.
+
+Adapted: per-sample gradients are batched with ``torch.func`` (``functional_call`` + ``vmap`` +
+``grad``, in chunks of ``chunk`` samples, one pass per class) in eval mode, so BatchNorm uses
+its running statistics. The published code also averages the variance over each output unit's
+inputs and multiplies BatchNorm/classifier variances by 10; the variants are left out (methods.md
+states the per-weight rule). Slow by nature: under a budget the Fisher is estimated on the
+retain batches that fit (``max_samples`` caps it without a budget) and a
+:class:`FisherSubsampleWarning` says how many samples were used; ``net.fisher_samples_`` records
+the samples and batches used.
+"""
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, grad, vmap
+
+from ..batches import count_batches, device_batches
+from ..helpers import device_of, last_linear
+from ..loop import Deadline, TrainLoop
+from ..registry import register
+
+
+class FisherSubsampleWarning(UserWarning):
+    """The Fisher was estimated on part of the retain set (budget or ``max_samples``)."""
+
+
+class FisherAccumulator:
+    """Sums ``sum_y p(y|x) g_y(x)**2`` over samples; ``mean()`` is the diagonal Fisher."""
+
+    def __init__(self, net: torch.nn.Module, *, chunk: int = 32):
+        self.net = net
+        self.chunk = chunk
+        self.params = {k: p.detach() for k, p in net.named_parameters() if p.requires_grad}
+        self.buffers = {k: b.detach() for k, b in net.named_buffers()}
+        self.sums = {k: torch.zeros_like(p) for k, p in self.params.items()}
+        self.samples = 0
+
+        def sample_loss(params, x, y):
+            logits = functional_call(net, (params, self.buffers), (x.unsqueeze(0),))
+            return F.cross_entropy(logits, y.unsqueeze(0))
+
+        self._per_sample_grads = vmap(grad(sample_loss), in_dims=(None, 0, 0))
+
+    @torch.no_grad()
+    def add(self, x: torch.Tensor) -> None:
+        """Adds the samples ``x`` (B, ...) at the current weights (call in eval mode)."""
+        for xc in x.split(self.chunk):
+            probs = F.softmax(self.net(xc), dim=1)
+            for c in range(probs.shape[1]):
+                y = torch.full((len(xc),), c, dtype=torch.long, device=xc.device)
+                grads = self._per_sample_grads(self.params, xc, y)
+                for k, g in grads.items():
+                    self.sums[k].add_(torch.einsum("b,b...->...", probs[:, c], g.square()))
+            self.samples += len(xc)
+
+    def mean(self) -> dict[str, torch.Tensor]:
+        return {k: s / max(self.samples, 1) for k, s in self.sums.items()}
+
+
+def noise_variance(
+    fisher: torch.Tensor, *, alpha: float, clamp: float, eps: float = 1e-8
+) -> torch.Tensor:
+    """``alpha * min(1 / (F + eps), clamp)``, elementwise."""
+    return alpha * (1.0 / (fisher + eps)).clamp(max=clamp)
+
+
+@register("fisher_forgetting")
+def fisher_forgetting(
+    net,
+    retain,
+    forget,
+    val,
+    *,
+    budget_s=None,
+    alpha: float = 1e-6,
+    clamp: float = 1e3,
+    classifier_clamp: float = 1e2,
+    max_samples: int | None = None,
+    chunk: int = 32,
+):
+    if alpha <= 0 or clamp <= 0 or classifier_clamp <= 0:
+        raise ValueError(
+            f"alpha and the clamps must be positive, got {alpha}, {clamp}, {classifier_clamp}"
+        )
+    deadline = Deadline(budget_s)
+    device = device_of(net)
+    n_retain = count_batches(retain)
+    loop = TrainLoop(deadline, planned_steps=n_retain, device=device)
+    net.eval()
+    fisher = FisherAccumulator(net, chunk=chunk)
+    available = 0
+
+    def step(batch):
+        nonlocal available
+        x, _ = batch
+        available += len(x)
+        if max_samples is None or fisher.samples < max_samples:
+            room = len(x) if max_samples is None else max_samples - fisher.samples
+            fisher.add(x[:room])
+
+    seen = loop.run(device_batches(retain, device), step, steps=n_retain)
+    if seen < n_retain or fisher.samples < available:
+        warnings.warn(
+            f"fisher_forgetting: Fisher estimated on {fisher.samples} retain samples "
+            f"({seen} of {n_retain} batches; budget_s={budget_s}, max_samples={max_samples})",
+            FisherSubsampleWarning,
+            stacklevel=2,
+        )
+    net.fisher_samples_ = {"samples": fisher.samples, "batches": seen, "planned": n_retain}
+    head = {id(p) for p in last_linear(net).parameters()}
+    fisher_mean = fisher.mean()
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name not in fisher_mean:
+                continue
+            limit = classifier_clamp if id(p) in head else clamp
+            var = noise_variance(fisher_mean[name], alpha=alpha, clamp=limit)
+            p.add_(var.sqrt() * torch.randn_like(p))
+    return net.eval()

@@ -1,0 +1,183 @@
+"""SVD projection: remove the forget set's input directions from every layer, no training.
+
+Recipe (Kodge, Saha and Roy, "Deep Unlearning: Fast and Efficient Gradient-free Class
+Forgetting", 2023): in eval mode, record the inputs of every Conv2d and Linear on a few
+hundred retain and forget samples (convolution inputs unfolded into patches, subsampled);
+per layer and set, the SVD ``R = U S V^T`` of the representation matrix gives the
+importance-scaled projector ``M = U diag(lam) U^T`` with ``lam_i = a s_i / ((a - 1) s_i + 1)``,
+``s_i`` the squared singular values normalised to sum 1 (``a`` 100 for retain, 3 for forget);
+the forget-only space is ``M_f - M_f M_r`` and every weight becomes ``W P^T`` with
+``P = I - (M_f - M_f M_r)`` (convolutions on their unfolded input dimension, in x k x k).
+Designed for forgetting whole classes.
+
+Adapted: ``U`` and ``s`` come from the eigendecomposition of the Gram matrix ``R R^T``,
+accumulated batch by batch (the same left singular vectors, without holding ``R``);
+``patches`` random patch positions per sample are kept for convolutions. Grouped convolutions
+(depthwise) are left unchanged. Under a budget fewer samples are recorded; the
+eigendecompositions after the recording pass are not scaled.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..batches import count_batches, device_batches
+from ..helpers import device_of, layers_of_type
+from ..loop import Deadline, TrainLoop
+from ..registry import register
+
+
+def layer_inputs(layer: nn.Module, x: torch.Tensor, patches: int | None) -> torch.Tensor:
+    """The layer's input as columns of its weight's input dimension: ``(D, N)``.
+
+    Linear: ``D = in_features``, one column per sample (and extra leading position).
+    Conv2d: ``D = in_channels * kh * kw``, ``patches`` random patch positions per sample
+    (all of them when ``None``).
+    """
+    if isinstance(layer, nn.Linear):
+        return x.reshape(-1, x.shape[-1]).T
+    cols = F.unfold(
+        x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding, stride=layer.stride
+    )  # (B, D, L)
+    if patches is not None and cols.shape[2] > patches:
+        keep = torch.randperm(cols.shape[2], device=cols.device)[:patches]
+        cols = cols[:, :, keep]
+    return cols.permute(1, 0, 2).reshape(cols.shape[1], -1)
+
+
+def supported(layer: nn.Module) -> bool:
+    if isinstance(layer, nn.Linear):
+        return True
+    return (
+        isinstance(layer, nn.Conv2d)
+        and layer.groups == 1
+        and isinstance(layer.padding, tuple)  # 'same'/'valid' strings: unfold needs numbers
+        and layer.padding_mode == "zeros"
+    )
+
+
+def scaled_projector(gram: torch.Tensor, a: float) -> torch.Tensor:
+    """``U diag(lam) U^T`` from ``gram = R R^T`` (D, D), ``lam = a s / ((a - 1) s + 1)``."""
+    eigvals, vectors = torch.linalg.eigh(gram.double())
+    eigvals = eigvals.clamp_min(0.0)
+    total = eigvals.sum()
+    if total <= 0:
+        return torch.zeros_like(gram)
+    s = eigvals / total
+    lam = a * s / ((a - 1.0) * s + 1.0)
+    return ((vectors * lam) @ vectors.T).to(gram.dtype)
+
+
+def forget_projection(
+    gram_retain: torch.Tensor,
+    gram_forget: torch.Tensor,
+    *,
+    retain_scale: float,
+    forget_scale: float,
+) -> torch.Tensor:
+    """``P = I - (M_f - M_f M_r)`` for one layer (D, D)."""
+    m_r = scaled_projector(gram_retain, retain_scale)
+    m_f = scaled_projector(gram_forget, forget_scale)
+    eye = torch.eye(len(m_r), dtype=m_r.dtype, device=m_r.device)
+    return eye - (m_f - m_f @ m_r)
+
+
+class GramRecorder:
+    """Forward pre-hooks summing ``R R^T`` of every supported layer's input."""
+
+    def __init__(self, layers: list[nn.Module], patches: int | None):
+        self.layers, self.patches = layers, patches
+        self.grams: dict[nn.Module, torch.Tensor] = {}
+
+    def _hook(self, layer, inputs):
+        cols = layer_inputs(layer, inputs[0].detach(), self.patches).float()
+        gram = cols @ cols.T
+        if layer in self.grams:
+            self.grams[layer] += gram
+        else:
+            self.grams[layer] = gram
+
+    def record(self, net, loop, batches, *, samples: int, steps: int) -> int:
+        """Runs ``net`` on batches until ``samples`` inputs are recorded; returns the count."""
+        self.grams = {}
+        handles = [m.register_forward_pre_hook(self._hook) for m in self.layers]
+        seen = 0
+
+        @torch.no_grad()
+        def step(batch):
+            nonlocal seen
+            x, _ = batch
+            x = x[: samples - seen]
+            net(x)
+            seen += len(x)
+
+        def until_enough():
+            for batch in batches:
+                if seen >= samples:
+                    return
+                yield batch
+
+        try:
+            loop.run(until_enough(), step, steps=steps)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return seen
+
+
+def planned_batches(loader, samples: int) -> int:
+    batch_size = getattr(loader, "batch_size", None)
+    n = count_batches(loader)
+    return n if not batch_size else min(n, math.ceil(samples / batch_size))
+
+
+@register("svd_projection")
+def svd_projection(
+    net,
+    retain,
+    forget,
+    val,
+    *,
+    budget_s=None,
+    retain_samples: int = 500,
+    forget_samples: int = 300,
+    retain_scale: float = 100.0,
+    forget_scale: float = 3.0,
+    patches: int | None = 32,
+):
+    if retain_scale <= 0 or forget_scale <= 0:
+        raise ValueError(f"scales must be positive, got {retain_scale}, {forget_scale}")
+    deadline = Deadline(budget_s)
+    device = device_of(net)
+    n_retain = planned_batches(retain, retain_samples)
+    n_forget = planned_batches(forget, forget_samples)
+    loop = TrainLoop(deadline, planned_steps=n_retain + n_forget, device=device)
+    layers = [m for m in layers_of_type(net, nn.Conv2d, nn.Linear) if supported(m)]
+    recorder = GramRecorder(layers, patches)
+
+    net.eval()
+    recorder.record(
+        net, loop, device_batches(forget, device), samples=forget_samples, steps=n_forget
+    )
+    grams_forget = recorder.grams
+    recorder.record(
+        net, loop, device_batches(retain, device), samples=retain_samples, steps=n_retain
+    )
+    grams_retain = recorder.grams
+
+    with torch.no_grad():
+        for layer in layers:
+            if layer not in grams_forget or layer not in grams_retain:
+                continue  # not reached (or the budget ran out before this layer was seen)
+            proj = forget_projection(
+                grams_retain[layer],
+                grams_forget[layer],
+                retain_scale=retain_scale,
+                forget_scale=forget_scale,
+            )
+            w = layer.weight
+            flat = w.reshape(w.shape[0], -1)
+            w.copy_((flat @ proj.T.to(w.dtype)).reshape(w.shape))
+    return net.eval()
