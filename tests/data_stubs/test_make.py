@@ -165,3 +165,11 @@ def test_cli(tmp_path, capsys):
     assert "error: " in (err := capsys.readouterr().err) and "--force" in err
     assert main(["make", str(tmp_path / "bad"), "--n-forget-persons", "0"]) == 2
     assert "n_forget_persons must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_local_evaluator_reads_the_stub(stub):
+    data = pytest.importorskip("local_eval.data")
+    setup = data.load_setup(f"kaggle:{stub}")
+    assert (setup.num_classes, setup.in_channels, setup.image_size) == (10, 3, 32)
+    assert len(setup.forget) == len(read_split(stub, "forget"))
