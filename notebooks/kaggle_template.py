@@ -139,9 +139,11 @@ class RunBudget:
     def record(self, *, granted_s, unlearn_s, total_s):
         self.done += 1
         self.overhead_s = max(self.overhead_s, total_s - unlearn_s)
-        # Smoothed, so one slow first run (CUDA warm-up) does not shrink every later budget.
-        ratio = max(unlearn_s / granted_s, 1.0)
-        self.overrun = ratio if self.done == 1 else 0.7 * self.overrun + 0.3 * ratio
+        # Smoothed, and not from the first run: its one-off costs (CUDA warm-up) only use up
+        # time left, they must not shrink every later budget.
+        if self.done > 1:
+            ratio = max(unlearn_s / granted_s, 1.0)
+            self.overrun = 0.7 * self.overrun + 0.3 * ratio
 
 
 def accepts_budget(fn):
