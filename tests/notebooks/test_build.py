@@ -104,3 +104,14 @@ def test_cli_writes_a_notebook_or_fails_clearly(tmp_path, capsys):
     assert main(["build", "--submission", str(bad), "--out", str(failed)]) == 2
     assert "cannot inline `pandas`" in capsys.readouterr().err
     assert not failed.exists()
+
+
+def test_method_function_named_unlearning_is_wrapped_not_shadowed(fakekit):
+    (fakekit / "methods" / "other.py").write_text(
+        "from ..registry import register\n\n\n@register('other')\n"
+        "def unlearning(net, r, f, v, *, budget_s=None):\n    return net\n")
+    (fakekit / "methods" / "__init__.py").write_text("from . import other, quick  # noqa\n")
+    nb = build_kaggle_notebook(method="other", package="fakekit")
+    entry = code_cells(nb)[-2]
+    assert "kit_method = unlearning" in entry
+    assert "    kit_method(net, retain_loader, forget_loader, val_loader, budget_s=budget_s" in entry
