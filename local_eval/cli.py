@@ -1,0 +1,195 @@
+"""``python -m local_eval``: evaluate a submission at home, as the competition would.
+
+With no arguments: the kit's default ``unlearning`` on the digits data (random 10% forget
+set, small CNN, N = 32 models per group, reference models cached), a result table on screen
+and everything under ``runs/<time>-<dataset>-<method>/`` (see ``local_eval.report``).
+
+``python -m local_eval score ...`` scores saved confidences or logits instead
+(``local_eval.score_cli``), e.g. the ``unlearned.npz`` / ``retrained.npz`` of a run.
+
+Errors (a broken submission, a bad path, a bad option) end with one line on stderr and
+exit status 2 (1 for an unexpected failure); ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from .cache import CACHE_ENV, ModelCache, default_cache_dir
+
+__all__ = ["build_parser", "main"]
+
+USER_ERRORS = (ValueError, OSError)  # clear messages of our own checks, missing files
+RECIPE_FIELDS = ("epochs", "lr", "batch_size", "weight_decay")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m local_eval",
+        description="Evaluate an unlearning submission locally with the competition's score. "
+        "'python -m local_eval score --help' re-scores saved confidences.",
+    )
+    data = p.add_argument_group("data and models")
+    data.add_argument(
+        "--dataset", default="digits", help="digits (default), mnist5k, kaggle:PATH or cifar10:PATH"
+    )
+    data.add_argument(
+        "--forget",
+        default=None,
+        help="random:FRACTION (default random:0.1), class:K, "
+        "group:COLUMN[:FRACTION], given (kaggle: default)",
+    )
+    data.add_argument("--arch", default=None, help="smallcnn or resnet18 (default: by data)")
+    data.add_argument(
+        "--recipe",
+        default=None,
+        help="fast_smallcnn, organisers_face or cifar_kit (default: by arch/data)",
+    )
+    data.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    data.add_argument("--lr", type=float, help="override the recipe's (peak) learning rate")
+    data.add_argument("--batch-size", type=int, help="override the recipe's batch size")
+    data.add_argument("--weight-decay", type=float, help="override the recipe's weight decay")
+
+    sub = p.add_argument_group("the submission (at most one; default: the kit's unlearning)")
+    sub.add_argument("--method", help="a name from submission.METHODS")
+    sub.add_argument("--submission", type=Path, help="a .py file defining unlearning()")
+    sub.add_argument(
+        "--notebook",
+        type=Path,
+        help="an .ipynb whose code cells define unlearning() (only definitions "
+        "run: see local_eval.loading)",
+    )
+    sub.add_argument(
+        "--budget-s",
+        type=float,
+        help="seconds per unlearning run (passed as budget_s to methods that take it)",
+    )
+
+    run = p.add_argument_group("the run")
+    run.add_argument("--n-models", type=int, default=32, help="models per group (default 32)")
+    run.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
+    run.add_argument("--seed", type=int, default=0, help="split and model seeds (default 0)")
+    run.add_argument("--out", type=Path, help="output folder (default runs/<time>-...)")
+    run.add_argument(
+        "--cache-dir",
+        type=Path,
+        help=f"model cache (default ${CACHE_ENV} or ~/.cache/unlearning-kit)",
+    )
+    run.add_argument("--no-cache", action="store_true", help="train everything, store nothing")
+    run.add_argument("--quiet", action="store_true", help="no progress bars, summary only")
+    run.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["score"]:
+        from .score_cli import main as score_main
+
+        return score_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return evaluate(args)
+    except Exception as exc:
+        if args.debug:
+            raise
+        if isinstance(exc, USER_ERRORS):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(
+            f"error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from .loading import load_unlearning
+    from .pipeline import EvalConfig, run_evaluation
+
+    overrides = {f: getattr(args, f) for f in RECIPE_FIELDS if getattr(args, f) is not None}
+    config = EvalConfig(
+        dataset=args.dataset,
+        forget=args.forget,
+        arch=args.arch,
+        recipe=args.recipe,
+        recipe_overrides=overrides,
+        n_models=args.n_models,
+        device=args.device,
+        seed=args.seed,
+        budget_s=args.budget_s,
+    )
+    method = load_unlearning(method=args.method, submission=args.submission, notebook=args.notebook)
+    out = args.out or default_out_dir(config.dataset, method.source)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    cache_root = None if args.no_cache else (args.cache_dir or default_cache_dir())
+    result = run_evaluation(config, method, cache=ModelCache(cache_root), progress=not args.quiet)
+    files = write_outputs(result, out, cache_root)
+    print(Path(files[0]).parent.joinpath("summary.txt").read_text(), end="")
+    print(f"\nwritten to {out}/: " + ", ".join(Path(f).name for f in files))
+    return 0
+
+
+def write_outputs(result, out: Path, cache_root: Path | None) -> list[Path]:
+    """Score, then write the report into a temporary sibling of ``out`` and move the files
+    in only when all of them exist, so a failure never leaves a half-written report."""
+    from .report import build_report, versions, write_report
+
+    start = time.perf_counter()
+    report, details = build_report(result.signals, context=_context(result, cache_root))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        report["stage_seconds"]["report"] = time.perf_counter() - start
+        report["versions"] = versions()
+        written = write_report(report, details, result.signals, tmp)
+        out.mkdir(exist_ok=True)
+        final = []
+        for path in written:
+            os.replace(path, out / path.name)
+            final.append(out / path.name)
+        return final
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _context(result, cache_root: Path | None) -> dict:
+    cfg = result.config
+    setup = result.setup.describe()
+    title = (
+        f"Local evaluation: {cfg.dataset}, forget {setup['forget']} "
+        f"({setup['sizes']['forget']} examples), {result.arch} / {result.recipe.name}, "
+        f"N = {cfg.n_models}, {result.method.source}, on {result.device}"
+    )
+    return {
+        "title": title,
+        "config": {**asdict(cfg), "recipe_overrides": dict(cfg.recipe_overrides)},
+        "method": {
+            "source": result.method.source,
+            "notes": list(result.method.notes),
+            "budget_s": cfg.budget_s,
+        },
+        "data": setup,
+        "arch": result.arch,
+        "recipe": result.recipe.as_dict(),
+        "device": result.device,
+        "stage_seconds": dict(result.stage_seconds),
+        "models_trained": dict(result.trained),
+        "cache_dir": None if cache_root is None else str(cache_root),
+    }
+
+
+def default_out_dir(dataset: str, source: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{Path(dataset).name}-{source.split(':', 1)[-1]}")
+    return Path("runs") / f"{stamp}-{name[:60]}"

@@ -1,0 +1,334 @@
+"""The evaluation, top to bottom: data -> original -> unlearning runs -> references -> signals.
+
+:func:`run_evaluation` does what the competition's scorer does, at home:
+
+1. cut the data (``local_eval.data``) and pick the architecture and recipe;
+2. train the original model on retain + forget (cached with its weights);
+3. run the submission's ``unlearning`` N times, each on a fresh copy of the original, seeded
+   with ``submission.seeding.seed_everything``, on fresh shuffling loaders of dict batches;
+4. train 2N reference models on the retain set only (the first N are the scoring group, the
+   other N a second independent draw for the report's ceiling) and N more models trained
+   like the original (the report's floor); all cached (``local_eval.cache``);
+5. return every model's signals (:class:`~local_eval.signals.EvalSignals`).
+
+Scoring and reporting are ``local_eval.report``'s job. The unlearning runs come before the
+references so that a broken submission fails in seconds, not after the long training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .cache import ModelCache
+from .data import DataSetup, load_setup, make_loader
+from .loading import LoadedMethod
+from .models import build_model, default_arch
+from .signals import EvalSignals, GroupSignals, ModelRecord, model_record
+from .train import Recipe, default_recipe, get_recipe, numpy_seed, train_new_model
+
+__all__ = ["EvalConfig", "EvalResult", "SubmissionError", "resolve_device", "run_evaluation"]
+
+# Seed streams: a model's seed is derived from (setup seed, role, index), so the groups never
+# share an initialisation or a data order.
+ROLE_SEEDS = {"original": 1, "retrained": 2, "unlearning": 3}
+LOADER_BATCH = 64  # the competition template's loaders
+
+
+class SubmissionError(ValueError):
+    """The evaluated ``unlearning`` raised, or returned something that cannot be scored."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What defines an evaluation (besides the submission and the cache)."""
+
+    dataset: str = "digits"
+    forget: str | None = None  # None: the dataset's default (local_eval.data)
+    arch: str | None = None  # None: models.default_arch for the data
+    recipe: str | None = None  # None: train.default_recipe for the arch and data
+    recipe_overrides: Mapping[str, object] = field(default_factory=dict)
+    n_models: int = 32
+    device: str = "auto"
+    seed: int = 0
+    budget_s: float | None = None  # per unlearning run; None: the method's full recipe
+
+    def __post_init__(self):
+        if not isinstance(self.n_models, int) or self.n_models < 2:
+            raise ValueError(
+                f"n_models must be at least 2 (the metric compares groups), got {self.n_models!r}"
+            )
+        if self.budget_s is not None and not self.budget_s > 0:
+            raise ValueError(f"budget_s must be positive seconds, got {self.budget_s!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class EvalResult:
+    config: EvalConfig
+    setup: DataSetup
+    arch: str
+    recipe: Recipe
+    device: str
+    method: LoadedMethod
+    signals: EvalSignals
+    stage_seconds: dict[str, float]  # wall time per stage
+    trained: dict[str, int]  # models actually trained per role (the rest came from the cache)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; otherwise checked as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r} (try auto, cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for but no CUDA GPU is available")
+    return device
+
+
+def run_evaluation(
+    config: EvalConfig, method: LoadedMethod, *, cache: ModelCache, progress: bool = True
+) -> EvalResult:
+    """Everything up to the signals; see the module docstring."""
+    stages: dict[str, float] = {}
+    with _stage(stages, "data"):
+        setup = load_setup(config.dataset, forget=config.forget, seed=config.seed)
+        arch = config.arch or default_arch(setup.in_channels, setup.image_size)
+        recipe_name = config.recipe or default_recipe(arch, config.dataset)
+        recipe = get_recipe(recipe_name, **dict(config.recipe_overrides))
+        device = resolve_device(config.device)
+    models = _ModelSource(setup, arch, recipe, device, cache, progress)
+    n = config.n_models
+    with _stage(stages, "original"):
+        original = models.original_weights()
+    with _stage(stages, "unlearning"):
+        unlearned = run_unlearning(
+            method,
+            original,
+            setup,
+            arch,
+            n=n,
+            device=device,
+            budget_s=config.budget_s,
+            progress=progress,
+        )
+    with _stage(stages, "retrained"):
+        references = models.group("retrained", 2 * n)
+    with _stage(stages, "floor"):
+        floor = models.group("original", n)
+    signals = EvalSignals(
+        targets=setup.forget.labels.numpy().copy(),
+        example_ids=_example_ids(setup),
+        unlearned=unlearned,
+        retrained=_first(references, n),
+        ceiling=_last(references, n),
+        floor=floor,
+    )
+    return EvalResult(
+        config, setup, arch, recipe, str(device), method, signals, stages, models.trained
+    )
+
+
+@contextlib.contextmanager
+def _stage(stages: dict[str, float], name: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        stages[name] = time.perf_counter() - start
+
+
+def _example_ids(setup: DataSetup) -> np.ndarray:
+    if "image_id" in setup.forget.columns:
+        return np.asarray(setup.forget.column("image_id")).astype(str)
+    return np.arange(len(setup.forget)).astype(str)
+
+
+def _first(group: GroupSignals, n: int) -> GroupSignals:
+    return GroupSignals(**{k: v[:n] for k, v in vars(group).items()})
+
+
+def _last(group: GroupSignals, n: int) -> GroupSignals:
+    return GroupSignals(**{k: v[-n:] for k, v in vars(group).items()})
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------
+# Trained models (cached)
+# --------------------------------------------------------------------------------------
+class _ModelSource:
+    """Trained models of a setup, from the cache when there, else trained and cached."""
+
+    def __init__(self, setup, arch, recipe, device, cache: ModelCache, progress: bool):
+        self.setup, self.arch, self.recipe, self.device = setup, arch, recipe, device
+        self.cache, self.progress = cache, progress
+        self.trained = {"original": 0, "retrained": 0}
+        self._memo: dict[tuple[str, int], ModelRecord] = {}  # works without a cache too
+
+    def key(self, role: str) -> str:
+        recipe = {
+            k: v for k, v in self.recipe.as_dict().items() if k not in ("name", "description")
+        }
+        return self.cache.group(
+            {
+                "role": role,  # "original": retain + forget; "retrained": retain only
+                "data": self.setup.describe(),
+                "arch": self.arch,
+                "recipe": recipe,
+            }
+        )
+
+    def seed(self, role: str, index: int) -> int:
+        return numpy_seed(self.setup.seed, ROLE_SEEDS[role], index)
+
+    def original_weights(self) -> dict:
+        """State dict of the original model (the ``original`` group's model 0)."""
+        key, seed = self.key("original"), self.seed("original", 0)
+        weights = self.cache.load_weights(key, seed)
+        if weights is None or self.cache.load(key, seed) is None:
+            weights = self._train("original", key, seed, keep_weights=True)[1]
+        return weights
+
+    def group(self, role: str, count: int) -> GroupSignals:
+        key = self.key(role)
+        seeds = [self.seed(role, i) for i in range(count)]
+        records = [self._memo.get((key, s)) or self.cache.load(key, s) for s in seeds]
+        missing = [i for i, r in enumerate(records) if r is None]
+        with _progress(len(missing), f"training {role} models", self.progress) as bar:
+            for i in missing:
+                records[i] = self._train(role, key, seeds[i])[0]
+                bar.update()
+        return GroupSignals.from_records(records, seeds)
+
+    def _train(self, role: str, key: str, seed: int, *, keep_weights: bool = False):
+        data = self.setup.train if role == "original" else self.setup.retain
+        result = train_new_model(
+            self.arch,
+            data,
+            self.setup.val,
+            self.recipe,
+            num_classes=self.setup.num_classes,
+            device=self.device,
+            seed=seed,
+        )
+        record = model_record(result.model, self.setup, device=self.device, seconds=result.seconds)
+        self.trained[role] += 1
+        self._memo[key, seed] = record
+        weights = {k: v.detach().cpu().clone() for k, v in result.model.state_dict().items()}
+        if keep_weights:
+            self.cache.save_weights(key, seed, weights)
+        self.cache.save(key, seed, record)
+        return record, weights
+
+
+# --------------------------------------------------------------------------------------
+# The submission's runs
+# --------------------------------------------------------------------------------------
+def run_unlearning(
+    method: LoadedMethod,
+    original: Mapping,
+    setup: DataSetup,
+    arch: str,
+    *,
+    n: int,
+    device: torch.device,
+    budget_s: float | None,
+    progress: bool = True,
+) -> GroupSignals:
+    """``n`` seeded runs of ``method``, each from a fresh copy of ``original``."""
+    from submission.loop import warm_up
+    from submission.seeding import seed_everything
+
+    warm_up()  # torch's one-off lazy imports must not count against the first run
+    records, seeds = [], []
+    with _progress(n, "unlearning runs", progress) as bar:
+        for i in range(n):
+            seed = numpy_seed(setup.seed, ROLE_SEEDS["unlearning"], i)
+            where = f"unlearning run {i + 1}/{n} (seed {seed})"
+            net = _fresh_model(arch, setup, original, device)
+            seed_everything(seed)
+            loaders = [
+                make_loader(s, batch_size=LOADER_BATCH, shuffle=True)
+                for s in (setup.retain, setup.forget, setup.val)
+            ]
+            start = time.perf_counter()
+            try:
+                out = method(net, *loaders, budget_s=budget_s)
+            except Exception as exc:
+                raise SubmissionError(f"{where} raised {type(exc).__name__}: {exc}") from exc
+            seconds = time.perf_counter() - start
+            model = _check_returned(out, net, original, where)
+            try:
+                record = model_record(model, setup, device=device, seconds=seconds)
+            except Exception as exc:
+                raise SubmissionError(
+                    f"{where}: evaluating the returned model raised {type(exc).__name__}: {exc}"
+                ) from exc
+            _check_logits(record, setup, where)
+            records.append(record)
+            seeds.append(seed)
+            bar.update()
+    return GroupSignals.from_records(records, seeds)
+
+
+def _fresh_model(arch: str, setup: DataSetup, weights: Mapping, device) -> nn.Module:
+    model = build_model(
+        arch,
+        num_classes=setup.num_classes,
+        in_channels=setup.in_channels,
+        image_size=setup.image_size,
+    )
+    model.load_state_dict(weights)
+    return model.to(device).eval()
+
+
+def _check_returned(out, net: nn.Module, original: Mapping, where: str) -> nn.Module:
+    """The competition saves ``net.state_dict()`` and loads it into a fresh model, so the
+    returned model (or ``net`` when ``None`` comes back) must have the original's weights'
+    names and shapes."""
+    model = net if out is None else out
+    if not isinstance(model, nn.Module):
+        raise SubmissionError(f"{where} returned a {type(out).__name__}, not a torch model")
+    state = model.state_dict()
+    wrong = [k for k, v in original.items() if k not in state or state[k].shape != v.shape]
+    extra = [k for k in state if k not in original]
+    if wrong or extra:
+        first = (wrong or extra)[0]
+        got = tuple(state[first].shape) if first in state else "missing"
+        want = tuple(original[first].shape) if first in original else "absent"
+        raise SubmissionError(
+            f"{where} returned a model of another shape: {len(wrong)} weight(s) missing or "
+            f"resized, {len(extra)} extra; e.g. {first!r}: {got} (original: {want})"
+        )
+    return model
+
+
+def _check_logits(record: ModelRecord, setup: DataSetup, where: str) -> None:
+    logits = record.forget_logits
+    expected = (len(setup.forget), setup.num_classes)
+    if logits.shape != expected:
+        raise SubmissionError(
+            f"{where}: forget logits of shape {logits.shape}, expected {expected}"
+        )
+    bad = ~np.isfinite(logits).all(axis=1)
+    if bad.any():
+        raise SubmissionError(
+            f"{where}: the model gives NaN/inf logits on {int(bad.sum())} of {len(bad)} "
+            "forget examples"
+        )
