@@ -10,7 +10,8 @@ probability), then ``w_i += sqrt(var_i) * N(0, 1)`` with
 Weights the retain set needs (large F) barely move; the rest are drowned in noise.
 
 Adapted: per-sample gradients are batched with ``torch.func`` (``functional_call`` + ``vmap`` +
-``grad``, in chunks of ``chunk`` samples, one pass per class) in eval mode, so BatchNorm uses
+``grad``, over every (sample, class) pair, ``chunk`` pairs per call: memory is about
+``chunk`` times the model's parameters) in eval mode, so BatchNorm uses
 its running statistics. The published code also averages the variance over each output unit's
 inputs and multiplies BatchNorm/classifier variances by 10; the variants are left out (methods.md
 states the per-weight rule). Slow by nature: under a budget the Fisher is estimated on the
@@ -38,7 +39,7 @@ class FisherSubsampleWarning(UserWarning):
 class FisherAccumulator:
     """Sums ``sum_y p(y|x) g_y(x)**2`` over samples; ``mean()`` is the diagonal Fisher."""
 
-    def __init__(self, net: torch.nn.Module, *, chunk: int = 32):
+    def __init__(self, net: torch.nn.Module, *, chunk: int = 64):
         self.net = net
         self.chunk = chunk
         self.params = {k: p.detach() for k, p in net.named_parameters() if p.requires_grad}
@@ -55,14 +56,21 @@ class FisherAccumulator:
     @torch.no_grad()
     def add(self, x: torch.Tensor) -> None:
         """Adds the samples ``x`` (B, ...) at the current weights (call in eval mode)."""
-        for xc in x.split(self.chunk):
-            probs = F.softmax(self.net(xc), dim=1)
-            for c in range(probs.shape[1]):
-                y = torch.full((len(xc),), c, dtype=torch.long, device=xc.device)
-                grads = self._per_sample_grads(self.params, xc, y)
-                for k, g in grads.items():
-                    self.sums[k].add_(torch.einsum("b,b...->...", probs[:, c], g.square()))
-            self.samples += len(xc)
+        probs = F.softmax(self.net(x), dim=1)  # (B, C)
+        classes = probs.shape[1]
+        # Every (sample, class) pair, ``chunk`` pairs per vmapped gradient call.
+        xs = x.repeat_interleave(classes, dim=0)
+        ys = torch.arange(classes, device=x.device).repeat(len(x))
+        for xc, yc, wc in zip(
+            xs.split(self.chunk),
+            ys.split(self.chunk),
+            probs.flatten().split(self.chunk),
+            strict=True,
+        ):
+            grads = self._per_sample_grads(self.params, xc, yc)
+            for k, g in grads.items():
+                self.sums[k].add_(torch.einsum("b,b...->...", wc, g.square()))
+        self.samples += len(x)
 
     def mean(self) -> dict[str, torch.Tensor]:
         return {k: s / max(self.samples, 1) for k, s in self.sums.items()}
@@ -87,7 +95,7 @@ def fisher_forgetting(
     clamp: float = 1e3,
     classifier_clamp: float = 1e2,
     max_samples: int | None = None,
-    chunk: int = 32,
+    chunk: int = 64,
 ):
     if alpha <= 0 or clamp <= 0 or classifier_clamp <= 0:
         raise ValueError(
