@@ -114,4 +114,4 @@ def test_method_function_named_unlearning_is_wrapped_not_shadowed(fakekit):
     nb = build_kaggle_notebook(method="other", package="fakekit")
     entry = code_cells(nb)[-2]
     assert "kit_method = unlearning" in entry
-    assert "    kit_method(net, retain_loader, forget_loader, val_loader, budget_s=budget_s" in entry
+    assert "    kit_method(net, retain_loader, forget_loader, val_loader, budget_s=" in entry
