@@ -405,13 +405,15 @@ def parse_device(name: str | None) -> torch.device:
 def load_setup_and_model(args):
     """``(DataSetup, freshly built model)`` through local_eval's data and model contracts."""
     from local_eval.data import load_setup
-    from local_eval.models import build_model
+    from local_eval.models import build_model, default_arch
 
     try:
         kwargs = {"forget": args.forget} if args.forget else {}
         setup = load_setup(args.data, seed=args.seed, **kwargs)
     except (ValueError, FileNotFoundError, KeyError) as e:
         raise UsageError(f"cannot load --data {args.data!r}: {e}") from None
+    if args.arch is None:  # resolved once, so the manifest records the real architecture
+        args.arch = default_arch(setup.in_channels, setup.image_size)
     try:
         model = build_model(
             args.arch,
@@ -480,6 +482,7 @@ def run_job(args) -> int:
         with progress_bar(args.n, done) as bar:
             for i in todo:
                 if not watch.can_start():
+                    log_job(out, manifest, watch, stopped=True)
                     return stop_for_budget(args, watch, out, manifest)
                 start = time.perf_counter()
                 state = run_once(inputs, args, args.seed + i, budget_s)
@@ -500,6 +503,7 @@ def run_job(args) -> int:
                     bar.update(1)
                 if warning:
                     print(warning, file=sys.stderr)
+        log_job(out, manifest, watch, stopped=False)
         print(summary(watch, args), file=sys.stderr)
         if args.zip:
             print(f"wrote {write_zip(out, args.n)}", file=sys.stderr)
@@ -513,9 +517,9 @@ def startup_note(args, budget_s: float, todo: int, method: Method) -> str:
     needed = todo * budget_s
     if args.budget_s is not None and needed > args.budget_h * 3600:
         note += (
-            f"\nwarning: {todo} runs of up to {budget_s:g} s need up to {needed / 3600:.2f} h, "
-            f"over the {args.budget_h:g} h budget; about {int(args.budget_h * 3600 // budget_s)} "
-            "runs of that length fit"
+            f"\nwarning: {todo} runs of up to {budget_s:g} s need up to {duration(needed)}, "
+            f"over the {duration(args.budget_h * 3600)} budget; about "
+            f"{int(args.budget_h * 3600 // budget_s)} runs of that length fit"
         )
     return note
 
@@ -532,6 +536,21 @@ def summary(watch: BudgetWatch, args) -> str:
         f"({watch.estimate():.2f} s per run); at that pace {watch.runs_that_fit()} runs "
         f"fit in the {args.budget_h:g} h budget"
     )
+
+
+def log_job(out: Path, manifest: dict, watch: BudgetWatch, *, stopped: bool) -> None:
+    """Append this invocation to the manifest's history (how the folder was made)."""
+    manifest.setdefault("jobs", []).append(
+        {
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "elapsed_s": round(watch.elapsed(), 3),  # warm-up included, data loading not
+            "budget_s": watch.total_s,
+            "runs": len(watch.run_seconds),
+            "stopped_for_budget": stopped,
+            "torch": torch.__version__,
+        }
+    )
+    atomic_write_json(out / MANIFEST, manifest)
 
 
 def stop_for_budget(args, watch: BudgetWatch, out: Path, manifest: dict) -> int:
@@ -553,7 +572,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="digits, mnist5k, kaggle:PATH or cifar10:PATH")
     p.add_argument("--forget", default=None, help="forget-set choice (see local_eval.data)")
     p.add_argument("--original", required=True, help="state dict of the original model (.pth)")
-    p.add_argument("--arch", required=True, help="architecture for local_eval.models.build_model")
+    p.add_argument(
+        "--arch",
+        default=None,
+        help="local_eval.models architecture (default: resnet18 for RGB 32x32+, else smallcnn)",
+    )
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--method", help="a registered method name")
     which.add_argument("--submission", help="a Python file defining unlearning(...)")

@@ -44,6 +44,7 @@ def test_layer_lookup_is_by_type():
         last_linear(nn.Conv2d(1, 1, 1))
 
 
+@pytest.mark.slow
 def test_layer_lookup_works_on_resnet18():
     from torchvision.models import resnet18
 
