@@ -169,7 +169,8 @@ def test_cli(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_local_evaluator_reads_the_stub(stub):
-    data = pytest.importorskip("local_eval.data")
+    from local_eval import data
+
     setup = data.load_setup(f"kaggle:{stub}")
     assert (setup.num_classes, setup.in_channels, setup.image_size) == (10, 3, 32)
     assert len(setup.forget) == len(read_split(stub, "forget"))
