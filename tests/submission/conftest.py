@@ -62,9 +62,9 @@ class SlowLoader:
             yield batch
 
 
-def make_data(n: int, *, seed: int, shift: float = 0.0):
+def make_data(n: int, *, seed: int, shift: float = 0.0, shape: tuple = SHAPE):
     g = torch.Generator().manual_seed(seed)
-    images = torch.randn(n, *SHAPE, generator=g) + shift
+    images = torch.randn(n, *shape, generator=g) + shift
     labels = torch.randint(0, CLASSES, (n,), generator=g)
     return images, labels
 

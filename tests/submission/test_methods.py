@@ -10,7 +10,7 @@ import submission
 from submission import METHODS, seed_everything
 from submission.loop import record_timings
 
-from .conftest import SlowLoader, make_data, make_loader, make_net
+from .conftest import CLASSES, SlowLoader, make_data, make_loader, make_net
 
 
 def snapshot(data):
@@ -111,3 +111,29 @@ def test_invalid_hyperparameter_is_a_clear_error(tiny_setup):
         METHODS["neggrad_plus"](copy.deepcopy(original), *make("dict"), alpha=1.5)
     with pytest.raises(ValueError, match="budget_s"):
         METHODS["finetune"](copy.deepcopy(original), *make("dict"), budget_s=-1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_method_runs_on_torchvision_resnet18(name):
+    """Layers are found by type, so the methods run on ResNet-18 as on the small CNN."""
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    net = resnet18(num_classes=CLASSES).eval()
+    before = copy.deepcopy(net.state_dict())
+    shape = (3, 16, 16)
+    # 16 retain batches to 1 forget batch (SSD can only select weights when the forget set is
+    # under 1/alpha of the training batches, as in the competition's 2%).
+    retain = make_loader(*make_data(32, seed=1, shape=shape), form="dict", batch_size=2)
+    forget = make_loader(*make_data(4, seed=2, shape=shape, shift=2.0), form="tuple", batch_size=4)
+    val = make_loader(*make_data(8, seed=3, shape=shape), form="dict", batch_size=8)
+    seed_everything(0)
+    start = time.perf_counter()
+    METHODS[name](net, retain, forget, val, budget_s=3.0)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 2 * 3.0 + 2, f"{name} took {elapsed:.1f} s for a 3 s budget"
+    after = net.state_dict()
+    assert list(after) == list(before) and all(after[k].shape == before[k].shape for k in after)
+    assert any(not torch.equal(after[k], before[k]) for k, _ in net.named_parameters())
+    assert not net.training
