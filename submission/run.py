@@ -457,9 +457,9 @@ def per_run_budget(args, todo_total: int) -> float:
 
 def run_job(args) -> int:
     """The whole job; returns the process exit code."""
+    inputs = load_inputs(args)  # every input checked before anything is written
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    inputs = load_inputs(args)
     with folder_lock(out):
         identity = job_identity(args, inputs.method, inputs.original_sha, fingerprint(inputs))
         manifest = load_manifest(out, identity)
