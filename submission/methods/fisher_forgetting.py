@@ -20,6 +20,7 @@ retain batches that fit (``max_samples`` caps it without a budget) and a
 the samples and batches used.
 """
 
+import math
 import warnings
 
 import torch
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from ..batches import count_batches, device_batches
-from ..helpers import device_of, last_linear
+from ..helpers import device_of, last_linear, num_classes
 from ..loop import Deadline, TrainLoop
 from ..registry import register
 
@@ -39,13 +40,13 @@ class FisherSubsampleWarning(UserWarning):
 class FisherAccumulator:
     """Sums ``sum_y p(y|x) g_y(x)**2`` over samples; ``mean()`` is the diagonal Fisher."""
 
-    def __init__(self, net: torch.nn.Module, *, chunk: int = 64):
+    def __init__(self, net: torch.nn.Module, *, chunk: int = 16):
         self.net = net
         self.chunk = chunk
         self.params = {k: p.detach() for k, p in net.named_parameters() if p.requires_grad}
         self.buffers = {k: b.detach() for k, b in net.named_buffers()}
         self.sums = {k: torch.zeros_like(p) for k, p in self.params.items()}
-        self.samples = 0
+        self.pairs, self.classes = 0, 0
 
         def sample_loss(params, x, y):
             logits = functional_call(net, (params, self.buffers), (x.unsqueeze(0),))
@@ -54,26 +55,41 @@ class FisherAccumulator:
         self._per_sample_grads = vmap(grad(sample_loss), in_dims=(None, 0, 0))
 
     @torch.no_grad()
-    def add(self, x: torch.Tensor) -> None:
-        """Adds the samples ``x`` (B, ...) at the current weights (call in eval mode)."""
+    def pair_chunks(self, x: torch.Tensor):
+        """Every (sample, class) pair of ``x`` with its weight p(class | sample), in chunks of
+        ``chunk`` pairs: ``(x_pairs, classes, weights)`` (the probabilities at the current
+        weights; call in eval mode)."""
         probs = F.softmax(self.net(x), dim=1)  # (B, C)
-        classes = probs.shape[1]
-        # Every (sample, class) pair, ``chunk`` pairs per vmapped gradient call.
-        xs = x.repeat_interleave(classes, dim=0)
-        ys = torch.arange(classes, device=x.device).repeat(len(x))
-        for xc, yc, wc in zip(
+        self.classes = probs.shape[1]
+        xs = x.repeat_interleave(self.classes, dim=0)
+        ys = torch.arange(self.classes, device=x.device).repeat(len(x))
+        yield from zip(
             xs.split(self.chunk),
             ys.split(self.chunk),
             probs.flatten().split(self.chunk),
             strict=True,
-        ):
-            grads = self._per_sample_grads(self.params, xc, yc)
-            for k, g in grads.items():
-                self.sums[k].add_(torch.einsum("b,b...->...", wc, g.square()))
-        self.samples += len(x)
+        )
+
+    @torch.no_grad()
+    def add_pairs(self, xs: torch.Tensor, ys: torch.Tensor, weights: torch.Tensor) -> None:
+        """One vmapped call: adds ``sum_j weights_j g(xs_j, ys_j)**2``."""
+        grads = self._per_sample_grads(self.params, xs, ys)
+        for k, g in grads.items():
+            self.sums[k].add_(torch.einsum("b,b...->...", weights, g.square()))
+        self.pairs += len(xs)
+
+    def add(self, x: torch.Tensor) -> None:
+        """Adds the samples ``x`` (B, ...)."""
+        for chunk in self.pair_chunks(x):
+            self.add_pairs(*chunk)
+
+    @property
+    def samples(self) -> float:
+        """Samples added (fractional when a budget cut a sample's classes short)."""
+        return self.pairs / self.classes if self.classes else 0.0
 
     def mean(self) -> dict[str, torch.Tensor]:
-        return {k: s / max(self.samples, 1) for k, s in self.sums.items()}
+        return {k: s / max(self.samples, 1e-12) for k, s in self.sums.items()}
 
 
 def noise_variance(
@@ -95,7 +111,7 @@ def fisher_forgetting(
     clamp: float = 1e3,
     classifier_clamp: float = 1e2,
     max_samples: int | None = None,
-    chunk: int = 64,
+    chunk: int = 16,
 ):
     if alpha <= 0 or clamp <= 0 or classifier_clamp <= 0:
         raise ValueError(
@@ -104,28 +120,38 @@ def fisher_forgetting(
     deadline = Deadline(budget_s)
     device = device_of(net)
     n_retain = count_batches(retain)
-    loop = TrainLoop(deadline, planned_steps=n_retain, device=device)
+    classes = num_classes(net)
+    batch_size = getattr(retain, "batch_size", None) or 1
+    chunks_per_batch = math.ceil(batch_size * classes / chunk)
+    loop = TrainLoop(deadline, planned_steps=n_retain * chunks_per_batch, device=device)
     net.eval()
     fisher = FisherAccumulator(net, chunk=chunk)
-    available = 0
+    batches = 0
 
-    def step(batch):
-        nonlocal available
-        x, _ = batch
-        available += len(x)
-        if max_samples is None or fisher.samples < max_samples:
-            room = len(x) if max_samples is None else max_samples - fisher.samples
-            fisher.add(x[:room])
+    def chunks():
+        # One loop step per chunk of (sample, class) pairs, so a step stays short.
+        nonlocal batches
+        wanted = math.inf if max_samples is None else max_samples
+        taken = 0
+        for x, _ in device_batches(retain, device):
+            if taken >= wanted:
+                return
+            x = x[: int(min(len(x), wanted - taken))]
+            taken += len(x)
+            batches += 1
+            yield from fisher.pair_chunks(x)
 
-    seen = loop.run(device_batches(retain, device), step, steps=n_retain)
-    if seen < n_retain or fisher.samples < available:
+    steps = loop.run(chunks(), lambda chunk: fisher.add_pairs(*chunk), steps=loop.planned_steps)
+    used = round(fisher.samples, 2)
+    if batches < n_retain or (max_samples is not None and used < n_retain * batch_size):
         warnings.warn(
-            f"fisher_forgetting: Fisher estimated on {fisher.samples} retain samples "
-            f"({seen} of {n_retain} batches; budget_s={budget_s}, max_samples={max_samples})",
+            f"fisher_forgetting: Fisher estimated on {used:g} retain samples ({batches} of "
+            f"{n_retain} batches, {steps} gradient chunks; budget_s={budget_s}, "
+            f"max_samples={max_samples})",
             FisherSubsampleWarning,
             stacklevel=2,
         )
-    net.fisher_samples_ = {"samples": fisher.samples, "batches": seen, "planned": n_retain}
+    net.fisher_samples_ = {"samples": used, "batches": batches, "planned": n_retain}
     head = {id(p) for p in last_linear(net).parameters()}
     fisher_mean = fisher.mean()
     with torch.no_grad():
