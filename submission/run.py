@@ -449,10 +449,29 @@ def run_once(inputs: Inputs, args, run_seed: int, budget_s: float | None) -> dic
     return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
 
 
-def per_run_budget(args, todo_total: int) -> float:
+def per_run_budget(args) -> float:
+    """``--budget-s``, or an even share of the job budget (less what saving and loading cost)."""
     if args.budget_s is not None:
         return args.budget_s
-    return SHARE_OF_BUDGET * args.budget_h * 3600 / todo_total
+    return SHARE_OF_BUDGET * args.budget_h * 3600 / args.n
+
+
+def prepare_folder(out: Path, args, inputs: Inputs) -> dict:
+    """The folder's manifest, reduced to the checkpoints that are valid for this job."""
+    identity = job_identity(args, inputs.method, inputs.original_sha, fingerprint(inputs))
+    manifest = load_manifest(out, identity)
+    manifest["checkpoints"] = valid_checkpoints(out, manifest, args.n)
+    manifest["n"] = args.n
+    atomic_write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def save_checkpoint(out: Path, manifest: dict, i: int, state: dict, **record) -> None:
+    """Checkpoint ``i`` and its manifest entry, each written atomically (checkpoint first)."""
+    name = CHECKPOINT.format(i)
+    atomic_write_bytes(out / name, lambda f: torch.save(state, f))
+    manifest["checkpoints"][str(i)] = {"file": name, "sha256": sha256_of(out / name), **record}
+    atomic_write_json(out / MANIFEST, manifest)
 
 
 def run_job(args) -> int:
@@ -461,42 +480,30 @@ def run_job(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with folder_lock(out):
-        identity = job_identity(args, inputs.method, inputs.original_sha, fingerprint(inputs))
-        manifest = load_manifest(out, identity)
-        manifest["checkpoints"] = valid_checkpoints(out, manifest, args.n)
-        manifest["n"] = args.n
-        atomic_write_json(out / MANIFEST, manifest)
+        manifest = prepare_folder(out, args, inputs)
         todo = [i for i in range(args.n) if str(i) not in manifest["checkpoints"]]
-        done = args.n - len(todo)
-        if done:
-            print(f"resuming: {done} valid checkpoints kept, {len(todo)} to do", file=sys.stderr)
-        budget_s = per_run_budget(args, args.n)
+        if len(todo) < args.n:
+            kept = args.n - len(todo)
+            print(f"resuming: {kept} valid checkpoints kept, {len(todo)} to do", file=sys.stderr)
+        budget_s = per_run_budget(args)
         prior = budget_s if inputs.method.takes_budget else 0.0
         watch = BudgetWatch(args.budget_h * 3600, len(todo), prior_s=prior)
         print(startup_note(args, budget_s, len(todo), inputs.method), file=sys.stderr)
-        if todo:
+        if todo and watch.can_start():
             # A discarded run first: lazy imports, allocator and cuDNN warm-up would otherwise
             # eat the first checkpoint's budget (its method would then do almost nothing).
             warm_up()
             run_once(inputs, args, args.seed, budget_s)
-        with progress_bar(args.n, done) as bar:
+        with progress_bar(args.n, args.n - len(todo)) as bar:
             for i in todo:
                 if not watch.can_start():
                     log_job(out, manifest, watch, stopped=True)
                     return stop_for_budget(args, watch, out, manifest)
                 start = time.perf_counter()
                 state = run_once(inputs, args, args.seed + i, budget_s)
-                name = CHECKPOINT.format(i)
-                atomic_write_bytes(out / name, lambda f, s=state: torch.save(s, f))
-                seconds = time.perf_counter() - start
-                manifest["checkpoints"][str(i)] = {
-                    "file": name,
-                    "sha256": sha256_of(out / name),
-                    "seconds": round(seconds, 4),
-                    "seed": args.seed + i,
-                    "budget_s": budget_s,
-                }
-                atomic_write_json(out / MANIFEST, manifest)
+                seconds = time.perf_counter() - start  # the run itself; saving is overhead
+                record = {"seconds": round(seconds, 4), "seed": args.seed + i, "budget_s": budget_s}
+                save_checkpoint(out, manifest, i, state, **record)
                 warning = watch.record(seconds)
                 if bar is not None:
                     bar.set_postfix(run_s=f"{seconds:.2f}")
