@@ -158,7 +158,10 @@ class TrainLoop:
         self.planned_steps = max(1, int(planned_steps))
         self.probe_steps = probe_steps
         self.margin = margin
-        self.sync = device is not None and torch.device(device).type == "cuda"
+        # CUDA runs asynchronously: wait for each step so its seconds are real.
+        self.sync = torch.device(device) if device is not None else None
+        if self.sync is not None and self.sync.type != "cuda":
+            self.sync = None
         self.fraction = 1.0  # share of each phase that runs
         self.steps = 0
         self.step_seconds = 0.0  # summed seconds per step, data included
@@ -213,8 +216,8 @@ class TrainLoop:
             loss = step_fn(batch)
             if isinstance(loss, torch.Tensor):
                 loss = loss.detach()
-            if self.sync:
-                torch.cuda.synchronize()
+            if self.sync is not None:
+                torch.cuda.synchronize(self.sync)
             t2 = time.perf_counter()
             done += 1
             self.steps += 1
