@@ -207,6 +207,7 @@ def build_report(
         "steps_per_run": statistics.mean(r["steps"] for r in runs),
         "planned_steps_per_run": statistics.mean(r["planned_steps"] for r in runs),
         "retrain_epoch_s": epoch["total_s"],
+        "retrain_epoch_phases_s": {"data_s": epoch["data_s"], "step_s": epoch["step_s"]},
         "retrain_epochs": retrain_epochs,
         "retrain_s": retrain_s,
         "ratio_to_retrain": per_run / retrain_s,
