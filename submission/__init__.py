@@ -5,8 +5,8 @@ Kaggle notebook. ``python -m submission.run`` and ``python -m submission.profile
 command-line tools (those two may import ``local_eval``).
 
 >>> from submission import METHODS, get_method
->>> sorted(METHODS)[:3]
-['bad_teacher', 'finetune', 'masked_small_gradients']
+>>> get_method("scrub") is METHODS["scrub"]
+True
 """
 
 from . import methods  # noqa: F401  (registers every method)

@@ -31,7 +31,7 @@ def register(name: str) -> Callable[[Callable], Callable]:
 def get_method(name: str) -> Callable:
     """The function registered as ``name``.
 
-    >>> get_method("no-such-method")
+    >>> get_method("no-such-method")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     submission.registry.UnknownMethodError: unknown method 'no-such-method'; known methods: ...

@@ -1,9 +1,11 @@
+import doctest
 import inspect
 import re
 
 import pytest
 
 import submission
+import submission.registry
 from submission.registry import METHODS, UnknownMethodError, get_method, register
 
 BASELINES = ["finetune", "neggrad_plus", "random_label", "scrub", "salun", "ssd", "bad_teacher"]
@@ -70,3 +72,9 @@ def test_entry_point_is_the_default_method():
     params = list(inspect.signature(submission.unlearning).parameters)
     assert params[:4] == ["net", "retain", "forget", "val"]
     assert submission.DEFAULT_METHOD in METHODS
+
+
+@pytest.mark.parametrize("module", [submission, submission.registry])
+def test_docstring_examples_run(module):
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 1 and result.failed == 0
