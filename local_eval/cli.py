@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--n-models", type=int, default=32, help="models per group (default 32)")
     run.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
     run.add_argument("--seed", type=int, default=0, help="split and model seeds (default 0)")
+    run.add_argument(
+        "--workers",
+        type=int,
+        help="processes training reference models (default: 1 on GPU, one per CPU core up to 4)",
+    )
     run.add_argument("--out", type=Path, help="output folder (default runs/<time>-...)")
     run.add_argument(
         "--cache-dir",
@@ -126,6 +131,7 @@ def evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
         budget_s=args.budget_s,
+        workers=args.workers,
     )
     method = load_unlearning(method=args.method, submission=args.submission, notebook=args.notebook)
     out = args.out or default_out_dir(config.dataset, method.source)

@@ -18,6 +18,7 @@ references so that a broken submission fails in seconds, not after the long trai
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Mapping
@@ -34,7 +35,15 @@ from .models import build_model, default_arch
 from .signals import EvalSignals, GroupSignals, ModelRecord, model_record
 from .train import Recipe, default_recipe, get_recipe, numpy_seed, train_new_model
 
-__all__ = ["EvalConfig", "EvalResult", "SubmissionError", "resolve_device", "run_evaluation"]
+__all__ = [
+    "EvalConfig",
+    "EvalResult",
+    "SubmissionError",
+    "resolve_device",
+    "resolve_workers",
+    "run_evaluation",
+    "train_record",
+]
 
 # Seed streams: a model's seed is derived from (setup seed, role, index), so the groups never
 # share an initialisation or a data order.
@@ -59,6 +68,7 @@ class EvalConfig:
     device: str = "auto"
     seed: int = 0
     budget_s: float | None = None  # per unlearning run; None: the method's full recipe
+    workers: int | None = None  # processes training models; None: resolve_workers()
 
     def __post_init__(self):
         if not isinstance(self.n_models, int) or self.n_models < 2:
@@ -67,6 +77,8 @@ class EvalConfig:
             )
         if self.budget_s is not None and not self.budget_s > 0:
             raise ValueError(f"budget_s must be positive seconds, got {self.budget_s!r}")
+        if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
+            raise ValueError(f"workers must be a positive integer, got {self.workers!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
 
@@ -97,10 +109,42 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def resolve_workers(workers: int | None, device: torch.device) -> int:
+    """Training processes: as given; else 1 on a GPU and one per CPU core (at most 4).
+
+    Small models use a core far better as one single-threaded process each than as threads
+    of one process: on a busy machine two-threaded runs stall for seconds at a time waiting
+    for a core (measured on digits: 0.2 s runs spiking to 20 s). A worker costs a few
+    seconds to start, paid only when models are missing from the cache.
+    """
+    if workers is not None:
+        return workers
+    if device.type != "cpu":
+        return 1
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+@contextlib.contextmanager
+def _cpu_threads(device: torch.device, workers: int):
+    """On CPU every model, trained or unlearned, runs with cores // workers threads, so the
+    seconds of an unlearning run and of a retraining (in a worker) compare fairly."""
+    before = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_evaluation(
     config: EvalConfig, method: LoadedMethod, *, cache: ModelCache, progress: bool = True
 ) -> EvalResult:
-    """Everything up to the signals; see the module docstring."""
+    """Everything up to the signals; see the module docstring.
+
+    With more than one worker, models are trained in spawned processes: a script calling
+    this must guard its entry point with ``if __name__ == "__main__":``.
+    """
     stages: dict[str, float] = {}
     with _stage(stages, "data"):
         setup = load_setup(config.dataset, forget=config.forget, seed=config.seed)
@@ -108,7 +152,18 @@ def run_evaluation(
         recipe_name = config.recipe or default_recipe(arch, config.dataset)
         recipe = get_recipe(recipe_name, **dict(config.recipe_overrides))
         device = resolve_device(config.device)
-    models = _ModelSource(setup, arch, recipe, device, cache, progress)
+    workers = resolve_workers(config.workers, device)
+    with _cpu_threads(device, workers):
+        return _evaluate(
+            config, setup, arch, recipe, device, workers, method, cache, progress, stages
+        )
+
+
+def _evaluate(config, setup, arch, recipe, device, workers, method, cache, progress, stages):
+    from submission.loop import warm_up
+
+    warm_up()  # torch's one-off lazy imports must not count against the first timed run
+    models = _ModelSource(setup, arch, recipe, device, cache, progress, workers)
     n = config.n_models
     with _stage(stages, "original"):
         original = models.original_weights()
@@ -123,17 +178,15 @@ def run_evaluation(
             budget_s=config.budget_s,
             progress=progress,
         )
-    with _stage(stages, "retrained"):
-        references = models.group("retrained", 2 * n)
-    with _stage(stages, "floor"):
-        floor = models.group("original", n)
+    with _stage(stages, "references"):  # 2N retrained (scoring + ceiling), N originals (floor)
+        groups = models.groups({"retrained": 2 * n, "original": n})
     signals = EvalSignals(
         targets=setup.forget.labels.numpy().copy(),
         example_ids=_example_ids(setup),
         unlearned=unlearned,
-        retrained=_first(references, n),
-        ceiling=_last(references, n),
-        floor=floor,
+        retrained=_first(groups["retrained"], n),
+        ceiling=_last(groups["retrained"], n),
+        floor=groups["original"],
     )
     return EvalResult(
         config, setup, arch, recipe, str(device), method, signals, stages, models.trained
@@ -173,11 +226,17 @@ def _progress(total: int, desc: str, enabled: bool):
 # Trained models (cached)
 # --------------------------------------------------------------------------------------
 class _ModelSource:
-    """Trained models of a setup, from the cache when there, else trained and cached."""
+    """Trained models of a setup, from the cache when there, else trained and cached.
 
-    def __init__(self, setup, arch, recipe, device, cache: ModelCache, progress: bool):
+    Missing models of a group are trained by ``workers`` processes (one thread each on
+    CPU): small models use a core far better as separate processes than as threads of one.
+    """
+
+    def __init__(
+        self, setup, arch, recipe, device, cache: ModelCache, progress: bool, workers: int
+    ):
         self.setup, self.arch, self.recipe, self.device = setup, arch, recipe, device
-        self.cache, self.progress = cache, progress
+        self.cache, self.progress, self.workers = cache, progress, workers
         self.trained = {"original": 0, "retrained": 0}
         self._memo: dict[tuple[str, int], ModelRecord] = {}  # works without a cache too
 
@@ -202,39 +261,101 @@ class _ModelSource:
         key, seed = self.key("original"), self.seed("original", 0)
         weights = self.cache.load_weights(key, seed)
         if weights is None or self.cache.load(key, seed) is None:
-            weights = self._train("original", key, seed, keep_weights=True)[1]
+            record, model = train_record(
+                self.setup, self.arch, self.recipe, "original", seed, self.device
+            )
+            weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            self.cache.save_weights(key, seed, weights)
+            self._keep("original", key, seed, record)
         return weights
 
-    def group(self, role: str, count: int) -> GroupSignals:
-        key = self.key(role)
-        seeds = [self.seed(role, i) for i in range(count)]
-        records = [self._memo.get((key, s)) or self.cache.load(key, s) for s in seeds]
-        missing = [i for i, r in enumerate(records) if r is None]
-        with _progress(len(missing), f"training {role} models", self.progress) as bar:
-            for i in missing:
-                records[i] = self._train(role, key, seeds[i])[0]
+    def groups(self, counts: Mapping[str, int]) -> dict[str, GroupSignals]:
+        """``counts[role]`` models of each role (seeds 0.. of its stream), training only the
+        ones missing from the cache, all in one pool."""
+        keys = {role: self.key(role) for role in counts}
+        seeds = {role: [self.seed(role, i) for i in range(n)] for role, n in counts.items()}
+        records = {
+            role: {
+                s: self._memo.get((keys[role], s)) or self.cache.load(keys[role], s)
+                for s in seeds[role]
+            }
+            for role in counts
+        }
+        missing = [(role, s) for role in counts for s, r in records[role].items() if r is None]
+        with _progress(len(missing), "training reference models", self.progress) as bar:
+            for (role, seed), record in self._train_many(missing):
+                records[role][seed] = record
+                self._keep(role, keys[role], seed, record)
                 bar.update()
-        return GroupSignals.from_records(records, seeds)
+        return {
+            role: GroupSignals.from_records([records[role][s] for s in seeds[role]], seeds[role])
+            for role in counts
+        }
 
-    def _train(self, role: str, key: str, seed: int, *, keep_weights: bool = False):
-        data = self.setup.train if role == "original" else self.setup.retain
-        result = train_new_model(
-            self.arch,
-            data,
-            self.setup.val,
-            self.recipe,
-            num_classes=self.setup.num_classes,
-            device=self.device,
-            seed=seed,
-        )
-        record = model_record(result.model, self.setup, device=self.device, seconds=result.seconds)
+    def _keep(self, role: str, key: str, seed: int, record: ModelRecord) -> None:
         self.trained[role] += 1
         self._memo[key, seed] = record
-        weights = {k: v.detach().cpu().clone() for k, v in result.model.state_dict().items()}
-        if keep_weights:
-            self.cache.save_weights(key, seed, weights)
         self.cache.save(key, seed, record)
-        return record, weights
+
+    def _train_many(self, jobs: list[tuple[str, int]]):
+        """Yield ``((role, seed), record)`` as models finish, here or in worker processes."""
+        if self.workers <= 1 or len(jobs) <= 1:
+            for role, seed in jobs:
+                args = (self.setup, self.arch, self.recipe, role, seed, self.device)
+                yield (role, seed), train_record(*args)[0]
+            return
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        init = (
+            self.setup.dataset,
+            self.setup.forget_spec,
+            self.setup.seed,
+            self.setup.fingerprint,
+            torch.get_num_threads(),
+        )
+        with ProcessPoolExecutor(
+            max_workers=min(self.workers, len(jobs)),
+            mp_context=multiprocessing.get_context("spawn"),  # fork + torch threads can hang
+            initializer=_worker_init,
+            initargs=init,
+        ) as pool:
+            futures = {}
+            for job in jobs:
+                args = (self.arch, self.recipe, *job, str(self.device))
+                futures[pool.submit(_worker_train, *args)] = job
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+
+
+def train_record(setup: DataSetup, arch: str, recipe: Recipe, role: str, seed: int, device):
+    """Train one model of ``role`` ("original": retain + forget, "retrained": retain) and
+    extract its record; returns ``(record, model)``."""
+    data = setup.train if role == "original" else setup.retain
+    result = train_new_model(
+        arch, data, setup.val, recipe, num_classes=setup.num_classes, device=device, seed=seed
+    )
+    record = model_record(result.model, setup, device=device, seconds=result.seconds)
+    return record, result.model
+
+
+_WORKER_SETUP: DataSetup | None = None  # a worker process's copy of the data
+
+
+def _worker_init(dataset: str, forget: str, seed: int, fingerprint: str, threads: int) -> None:
+    global _WORKER_SETUP
+    from submission.loop import warm_up
+
+    torch.set_num_threads(threads)
+    warm_up()
+    setup = load_setup(dataset, forget=forget, seed=seed)
+    if setup.fingerprint != fingerprint:  # the data changed on disk since the main process read it
+        raise RuntimeError(f"worker read other data for {dataset} (fingerprint mismatch)")
+    _WORKER_SETUP = setup
+
+
+def _worker_train(arch: str, recipe: Recipe, role: str, seed: int, device: str) -> ModelRecord:
+    return train_record(_WORKER_SETUP, arch, recipe, role, seed, device)[0]
 
 
 # --------------------------------------------------------------------------------------
@@ -252,10 +373,8 @@ def run_unlearning(
     progress: bool = True,
 ) -> GroupSignals:
     """``n`` seeded runs of ``method``, each from a fresh copy of ``original``."""
-    from submission.loop import warm_up
     from submission.seeding import seed_everything
 
-    warm_up()  # torch's one-off lazy imports must not count against the first run
     records, seeds = [], []
     with _progress(n, "unlearning runs", progress) as bar:
         for i in range(n):

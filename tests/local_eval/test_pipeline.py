@@ -53,9 +53,9 @@ def count_training(monkeypatch):
     return calls
 
 
-def evaluate(fn, cache, n=8, **config):
+def evaluate(fn, cache, n=8, workers=1, **config):
     result = run_evaluation(
-        EvalConfig(n_models=n, **config), method(fn), cache=cache, progress=False
+        EvalConfig(n_models=n, workers=workers, **config), method(fn), cache=cache, progress=False
     )
     return result, build_report(result.signals)[0]
 
@@ -162,3 +162,27 @@ def test_config_checks():
             pipeline.resolve_device("cuda")
     with pytest.raises(ValueError, match="unknown device 'gpu0'"):
         pipeline.resolve_device("gpu0")
+
+
+@pytest.mark.slow
+def test_worker_processes_train_the_same_models(tmp_path):
+    """Models trained by spawned workers equal those trained in this process (same seeds,
+    same thread count), so the cache does not depend on --workers."""
+    quick = {"epochs": 1}
+    serial = run_evaluation(
+        EvalConfig(n_models=2, recipe_overrides=quick, workers=1),
+        method(untouched),
+        cache=ModelCache(tmp_path / "a"),
+        progress=False,
+    )
+    parallel = run_evaluation(
+        EvalConfig(n_models=2, recipe_overrides=quick, workers=2),
+        method(untouched),
+        cache=ModelCache(tmp_path / "b"),
+        progress=False,
+    )
+    assert parallel.trained == serial.trained == {"original": 2, "retrained": 4}
+    for group in ("retrained", "ceiling", "floor"):
+        a, b = getattr(serial.signals, group), getattr(parallel.signals, group)
+        assert np.array_equal(a.seeds, b.seeds)
+        np.testing.assert_allclose(a.forget_logits, b.forget_logits, rtol=1e-5, atol=1e-5)
