@@ -23,6 +23,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 from .cache import CACHE_ENV, ModelCache, default_cache_dir
 
 __all__ = ["build_parser", "main"]
@@ -134,6 +136,9 @@ def evaluate(args: argparse.Namespace) -> int:
         workers=args.workers,
     )
     method = load_unlearning(method=args.method, submission=args.submission, notebook=args.notebook)
+    if not args.quiet:
+        for note in method.notes:
+            print(f"note: {note}", file=sys.stderr)
     out = args.out or default_out_dir(config.dataset, method.source)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
@@ -184,6 +189,11 @@ def _context(result, cache_root: Path | None) -> dict:
             "source": result.method.source,
             "notes": list(result.method.notes),
             "budget_s": cfg.budget_s,
+            "runs_over_budget": (
+                None
+                if cfg.budget_s is None
+                else int(np.sum(result.signals.unlearned.seconds > cfg.budget_s))
+            ),
         },
         "data": setup,
         "arch": result.arch,

@@ -53,6 +53,7 @@ import hashlib
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -137,9 +138,9 @@ class DataSetup:
     image_size: int
     fingerprint: str
 
-    @property
+    @cached_property
     def train(self) -> Split:
-        """Retain + forget: what the original model is trained on."""
+        """Retain + forget: what the original model is trained on (built once)."""
         return concat_splits(self.retain, self.forget)
 
     def describe(self) -> dict:

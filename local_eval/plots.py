@@ -80,8 +80,10 @@ def plot_hardest(
     rows = -(-len(order) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
     for ax, i in zip(axes.flat, order, strict=False):
+        both = np.concatenate([conf["unlearned"][:, i], conf["retrained"][:, i]])
+        bins = np.histogram_bin_edges(both, bins=24)  # shared, so the bars compare
         for group in ("unlearned", "retrained"):
-            ax.hist(conf[group][:, i], bins=15, alpha=0.6, color=COLOURS[group], label=group)
+            ax.hist(conf[group][:, i], bins=bins, alpha=0.6, color=COLOURS[group], label=group)
         ax.set_title(f"example {i}: epsilon {details.epsilon[i]:.2f}", fontsize=9)
         ax.set_xlabel("logit-scaled confidence", fontsize=8)
     for ax in list(axes.flat)[len(order) :]:

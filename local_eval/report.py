@@ -304,11 +304,20 @@ def format_summary(report: dict) -> str:
         f"time: {t['unlearning_s_mean']:.2f} s per unlearning run (max {t['unlearning_s_max']:.2f})"
         f" = {t['ratio_to_retraining']:.2f} x one retraining ({t['retraining_s_mean']:.2f} s); "
         f"{t['slow_runs']} run(s) over the organisers' 20% cut-off",
+        *_budget_line(report.get("method", {})),
         f"sanity check, NOT the competition metric (loss attack, forget vs test, 0.5 = unseen): "
         f"unlearned {sanity['unlearned']:.3f}, retrained {sanity['retrained']:.3f}, "
         f"original {sanity['floor']:.3f}",
     ]
     return "\n".join(lines)
+
+
+def _budget_line(method: dict) -> list[str]:
+    if method.get("budget_s") is None:
+        return []
+    return [
+        f"budget: {method['budget_s']:g} s per run; {method['runs_over_budget']} run(s) over it"
+    ]
 
 
 def _num(x: float | None) -> str:

@@ -32,9 +32,10 @@ def assert_clean_error(code, err, message):
 @pytest.mark.slow
 def test_default_job_writes_the_report_and_rescoring_matches(tmp_path, run, capsys):
     out = tmp_path / "out"
-    code, stdout, err = run("--method", "finetune", "--out", out)
+    code, stdout, err = run("--method", "finetune", "--out", out, "--budget-s", 30)
     assert code == 0, err
     assert "score" in stdout and "NOT the competition metric" in stdout
+    assert "budget: 30 s per run; 0 run(s) over it" in stdout
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["n_models"] == 2 and report["method"]["source"] == "method:finetune"
     assert report["recipe"]["epochs"] == 1 and report["data"]["sizes"]["forget"] == 126
