@@ -1,10 +1,17 @@
-"""``python -m notebooks build (--method NAME | --submission FILE.py) --out FILE.ipynb``."""
+"""``python -m notebooks build (--method NAME | --submission FILE.py) --out FILE.ipynb``: a
+self-contained Kaggle submission notebook.
+
+``python -m notebooks build-eval --out FILE.ipynb [--dataset digits] [--method NAME]
+[--n-models N]``: a notebook running the local evaluator (``local_eval``) next to the kit and
+showing its report.
+"""
 
 import argparse
 import ast
 import sys
 
 from notebooks.build import BuildError, build_kaggle_notebook, write_notebook
+from notebooks.eval_notebook import KNOWN_DATASETS, build_eval_notebook
 
 
 def _parse_set(items: list[str]) -> dict:
@@ -31,7 +38,17 @@ def main(argv=None) -> int:
     build.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                        help="override a method hyperparameter (repeatable; --method only)")
     build.add_argument("--out", required=True, metavar="FILE.ipynb")
+    evaluate = sub.add_parser("build-eval", help="a notebook running the local evaluator")
+    evaluate.add_argument("--dataset", default="digits",
+                          help=f"default dataset ({', '.join(KNOWN_DATASETS)}; default digits)")
+    evaluate.add_argument("--method", default=None,
+                          help="default method (submission.METHODS; default: the kit's own)")
+    evaluate.add_argument("--n-models", type=int, default=32, metavar="N",
+                          help="default models per group (at least 2; default 32)")
+    evaluate.add_argument("--out", required=True, metavar="FILE.ipynb")
     args = parser.parse_args(argv)
+    if args.command == "build-eval":
+        return _build_eval(args)
     try:
         nb = build_kaggle_notebook(method=args.method, submission_file=args.submission,
                                    method_kwargs=_parse_set(args.set) or None)
@@ -41,6 +58,19 @@ def main(argv=None) -> int:
     out = write_notebook(nb, args.out)
     inlined = ", ".join(nb.metadata["unlearning_kit"]["inlined"])
     print(f"wrote {out} (inlined: {inlined})")
+    return 0
+
+
+def _build_eval(args) -> int:
+    try:
+        nb = build_eval_notebook(dataset=args.dataset, method=args.method,
+                                 n_models=args.n_models)
+    except BuildError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = write_notebook(nb, args.out)
+    print(f"wrote {out} (dataset {args.dataset}, method {args.method or 'the kit default'}, "
+          f"N = {args.n_models}; run it next to the kit, parameters in its first code cell)")
     return 0
 
 
