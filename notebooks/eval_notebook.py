@@ -302,8 +302,10 @@ For every forget example the metric attacks the two groups of models (unlearned 
 through their confidences on that example and turns the attack's error rates into an
 epsilon: 0 means the groups are indistinguishable on it. Epsilons fall into buckets; an
 example earns the points printed under its bucket (1, 1/2, 1/4, ...), and F is the mean of the
-points. Bars past the dashed line earn nothing. With few models the attack cannot certify
-large epsilons, so the buckets end early: compare with the ceiling and floor in the title.
+points. Bars past the dashed line earn nothing. How many buckets exist grows with N (the last
+ends at ceil(ln(N - 1)), the dashed line), so F from a handful of models is coarse and not
+comparable with an F at another N: compare it with the ceiling and floor in the title, which
+use the same N.
 """
 
 _HARDEST_MD = """\
