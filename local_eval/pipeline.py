@@ -33,12 +33,13 @@ from .data import DataSetup, load_setup, make_loader
 from .loading import LoadedMethod
 from .models import build_model, default_arch
 from .signals import EvalSignals, GroupSignals, ModelRecord, model_record
-from .train import Recipe, default_recipe, get_recipe, numpy_seed, train_new_model
+from .train import Recipe, default_recipe, get_recipe, train_new_model
 
 __all__ = [
     "EvalConfig",
     "EvalResult",
     "SubmissionError",
+    "model_seed",
     "resolve_device",
     "resolve_workers",
     "run_evaluation",
@@ -184,8 +185,8 @@ def _evaluate(config, setup, arch, recipe, device, workers, method, cache, progr
         targets=setup.forget.labels.numpy().copy(),
         example_ids=_example_ids(setup),
         unlearned=unlearned,
-        retrained=_first(groups["retrained"], n),
-        ceiling=_last(groups["retrained"], n),
+        retrained=groups["retrained"].select(slice(0, n)),
+        ceiling=groups["retrained"].select(slice(n, 2 * n)),
         floor=groups["original"],
     )
     return EvalResult(
@@ -208,12 +209,10 @@ def _example_ids(setup: DataSetup) -> np.ndarray:
     return np.arange(len(setup.forget)).astype(str)
 
 
-def _first(group: GroupSignals, n: int) -> GroupSignals:
-    return GroupSignals(**{k: v[:n] for k, v in vars(group).items()})
-
-
-def _last(group: GroupSignals, n: int) -> GroupSignals:
-    return GroupSignals(**{k: v[-n:] for k, v in vars(group).items()})
+def model_seed(setup_seed: int, role: str, index: int) -> int:
+    """The seed (0 .. 2**31 - 1) of model ``index`` of ``role``'s stream."""
+    state = np.random.SeedSequence([setup_seed, ROLE_SEEDS[role], index]).generate_state(1)
+    return int(state[0] & 0x7FFFFFFF)
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -254,7 +253,7 @@ class _ModelSource:
         )
 
     def seed(self, role: str, index: int) -> int:
-        return numpy_seed(self.setup.seed, ROLE_SEEDS[role], index)
+        return model_seed(self.setup.seed, role, index)
 
     def original_weights(self) -> dict:
         """State dict of the original model (the ``original`` group's model 0)."""
@@ -378,7 +377,7 @@ def run_unlearning(
     records, seeds = [], []
     with _progress(n, "unlearning runs", progress) as bar:
         for i in range(n):
-            seed = numpy_seed(setup.seed, ROLE_SEEDS["unlearning"], i)
+            seed = model_seed(setup.seed, "unlearning", i)
             where = f"unlearning run {i + 1}/{n} (seed {seed})"
             net = _fresh_model(arch, setup, original, device)
             seed_everything(seed)

@@ -142,6 +142,10 @@ class GroupSignals:
     def __len__(self) -> int:
         return len(self.seeds)
 
+    def select(self, index: slice | np.ndarray) -> GroupSignals:
+        """The models at ``index``, as a group."""
+        return GroupSignals(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
 
 @dataclass(frozen=True, eq=False)
 class EvalSignals:
