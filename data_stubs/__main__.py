@@ -36,6 +36,9 @@ def main(argv=None) -> int:
     except StubError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # e.g. the disk filled up while writing (nothing is left behind)
+        print(f"error: cannot write {args.dir}: {err.strerror or err}", file=sys.stderr)
+        return 2
     kind = "mock stub" if args.mock else "stub"
     print(f"wrote {kind} {out} in {time.perf_counter() - start:.1f} s")
     return 0

@@ -100,6 +100,13 @@ def _check_destination(out_dir: Path, *, force: bool) -> None:
         raise StubError(f"{out_dir} exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
         raise StubError(f"{out_dir} exists and is not empty; pass --force to replace it")
+    ancestor = out_dir.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise StubError(f"cannot create {out_dir}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise StubError(f"cannot create {out_dir}: {ancestor} is not writable")
 
 
 def _move_into_place(tmp: Path, out_dir: Path) -> None:

@@ -9,11 +9,25 @@ and everything under ``runs/<time>-<dataset>-<method>/`` (see ``local_eval.repor
 
 Errors (a broken submission, a bad path, a bad option) end with one line on stderr and
 exit status 2 (1 for an unexpected failure); ``--debug`` shows the traceback instead.
+Nothing is written to ``--out`` unless the whole evaluation succeeds; a path that cannot be
+written is refused before any work, and a second evaluation writing to the same ``--out``
+is refused while the first runs (a ``.NAME.lock`` file beside the folder).
+
+Time: a run that exceeds ``--budget-s`` but finishes is scored, and the report counts the
+runs over budget. A run still going after ``--run-timeout-s`` (default with a budget:
+10 x budget + 60 s; none without one) is taken for a hang: it is interrupted and the
+evaluation fails with exit status 2.
+
+A ``--submission`` file or a notebook's definitions are code the user asked us to run: they
+run in this process, with the user's rights.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import itertools
 import os
 import re
 import shutil
@@ -74,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="seconds per unlearning run (passed as budget_s to methods that take it)",
     )
+    sub.add_argument(
+        "--run-timeout-s",
+        type=float,
+        help="interrupt a run still going after this many seconds (a hang) and fail "
+        "(default: 10 x --budget-s + 60, none without a budget)",
+    )
 
     run = p.add_argument_group("the run")
     run.add_argument("--n-models", type=int, default=32, help="models per group (default 32)")
@@ -103,8 +123,15 @@ def main(argv: list[str] | None = None) -> int:
 
         return score_main(argv[1:])
     args = build_parser().parse_args(argv)
+    from submission.run import RunTimeout
+
     try:
         return evaluate(args)
+    except RunTimeout as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:
         if args.debug:
             raise
@@ -142,12 +169,94 @@ def evaluate(args: argparse.Namespace) -> int:
     out = args.out or default_out_dir(config.dataset, method.source)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
+    check_out(out)
+    method = with_time_limit(method, run_timeout(args))
     cache_root = None if args.no_cache else (args.cache_dir or default_cache_dir())
-    result = run_evaluation(config, method, cache=ModelCache(cache_root), progress=not args.quiet)
-    files = write_outputs(result, out, cache_root)
+    with out_lock(out):
+        result = run_evaluation(
+            config, method, cache=ModelCache(cache_root), progress=not args.quiet
+        )
+        files = write_outputs(result, out, cache_root)
     print(Path(files[0]).parent.joinpath("summary.txt").read_text(), end="")
     print(f"\nwritten to {out}/: " + ", ".join(Path(f).name for f in files))
     return 0
+
+
+def check_out(out: Path) -> None:
+    """A clear error, before any work, when ``out`` cannot be created or written."""
+    from submission.run import UsageError, check_out_folder
+
+    try:
+        check_out_folder(out)
+    except UsageError as exc:
+        raise ValueError(str(exc)) from None
+
+
+@contextlib.contextmanager
+def out_lock(out: Path):
+    """Exclusive right to write ``out`` while the block runs: a ``.NAME.lock`` file beside it,
+    locked (released by the OS if this process dies) and removed at the end."""
+    import fcntl
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = out.parent / f".{out.name}.lock"
+    while True:
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            handle.close()
+            raise ValueError(
+                f"another evaluation (pid {owner}) is writing to --out {out}; "
+                "wait for it or choose another --out"
+            ) from None
+        try:
+            current = os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        handle.close()  # its holder removed it between our open and our lock: again
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        handle.close()
+
+
+def run_timeout(args: argparse.Namespace) -> float | None:
+    if args.run_timeout_s is not None:
+        if not args.run_timeout_s > 0:
+            raise ValueError(f"--run-timeout-s must be positive, got {args.run_timeout_s}")
+        return args.run_timeout_s
+    return None if args.budget_s is None else 10 * args.budget_s + 60
+
+
+def with_time_limit(method, limit_s: float | None):
+    """``method`` whose every call is interrupted after ``limit_s`` seconds (a hang)."""
+    if limit_s is None:
+        return method
+    from submission.run import time_limit
+
+    calls = itertools.count(1)
+    fn = method.fn
+
+    def limited(*args, **kwargs):
+        what = f"unlearning run {next(calls)}"
+        message = (
+            f"{what} was still going after {limit_s:g} s (--run-timeout-s): it looks hung; "
+            "make it honour budget_s, or raise --run-timeout-s"
+        )
+        with time_limit(limit_s, message):
+            return fn(*args, **kwargs)
+
+    return dataclasses.replace(method, fn=limited)
 
 
 def write_outputs(result, out: Path, cache_root: Path | None) -> list[Path]:

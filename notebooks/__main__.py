@@ -55,7 +55,9 @@ def main(argv=None) -> int:
     except BuildError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = write_notebook(nb, args.out)
+    out = _write(nb, args.out)
+    if out is None:
+        return 2
     inlined = ", ".join(nb.metadata["unlearning_kit"]["inlined"])
     print(f"wrote {out} (inlined: {inlined})")
     return 0
@@ -68,10 +70,22 @@ def _build_eval(args) -> int:
     except BuildError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = write_notebook(nb, args.out)
+    out = _write(nb, args.out)
+    if out is None:
+        return 2
     print(f"wrote {out} (dataset {args.dataset}, method {args.method or 'the kit default'}, "
           f"N = {args.n_models}; run it next to the kit, parameters in its first code cell)")
     return 0
+
+
+def _write(nb, out):
+    """``write_notebook``, or ``None`` after one clear line when ``out`` cannot be written."""
+    try:
+        return write_notebook(nb, out)
+    except OSError as err:
+        where = err.filename or out
+        print(f"error: cannot write --out {out}: {where}: {err.strerror or err}", file=sys.stderr)
+        return None
 
 
 if __name__ == "__main__":

@@ -93,10 +93,16 @@ def build_kaggle_notebook(*, method: str | None = None, submission_file=None,
 def write_notebook(nb: nbformat.NotebookNode, out) -> Path:
     """Write ``nb`` to ``out`` (via a temporary file, so a reader never sees half of it)."""
     out = Path(out)
+    if out.is_dir():
+        raise IsADirectoryError(21, "is a folder; give a file name like NAME.ipynb", str(out))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    nbformat.write(nb, tmp)
-    tmp.replace(out)
+    try:
+        nbformat.write(nb, tmp)
+        tmp.replace(out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return out
 
 

@@ -350,8 +350,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_args(args)
         if args.calibrate:
+            target = Path(args.calibrate)
+            if not target.parent.is_dir() or target.is_dir():
+                raise UsageError(f"cannot write --calibrate {target}: no such folder, or a folder")
             machine = machine_profile(parse_device(args.device))
-            Path(args.calibrate).write_text(json.dumps(machine, indent=1))
+            try:
+                target.write_text(json.dumps(machine, indent=1))
+            except OSError as e:
+                raise UsageError(f"cannot write --calibrate {target}: {e.strerror}") from None
             print(json.dumps(machine) if args.json else f"wrote {args.calibrate}: {machine}")
             if args.method is None and args.submission is None:
                 return 0

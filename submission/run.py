@@ -9,12 +9,23 @@ Writes ``unlearned_checkpoint_{i}.pth`` (plain state dicts) and ``manifest.json`
 hyperparameters, seed, data fingerprint, seconds and sha256 per checkpoint) into ``--out``.
 Every file is written to a temporary name and moved into place, so an interrupted job leaves
 no half-written checkpoint; the same command resumes it, keeping the checkpoints whose
-checksum matches the manifest. A lock file keeps two jobs out of one folder.
+checksum matches the manifest (a checkpoint whose checksum does not match is reported and
+redone). A lock file keeps two jobs out of one folder.
 
 The budget: ``--budget-h`` for the whole job (default 8). Each run gets ``--budget-s``
 seconds, or an even share of the job budget, and the method scales its work to that. The
 runner projects the total from the first runs, warns when N will not fit, and never starts a
 run it cannot finish.
+
+Failures: a bad input (path, option, original model) ends with one ``error:`` line and exit
+status 2 before anything is written. An ``unlearning`` that raises, or returns NaN/inf
+weights, stops the job with exit status 2 (``--debug`` shows the traceback); a run still going
+when the job budget is spent (a hang, say) is interrupted and the job stops with exit status
+3. Checkpoints already written stay valid for a resume; a folder this job created and left
+without any checkpoint is removed. Original models are read with
+``torch.load(weights_only=True)``: a file holding anything but tensors (a pickle that could
+run code) is refused. The ``--submission`` file itself is code the user asked us to run: it
+runs with the user's rights.
 """
 
 import argparse
@@ -26,9 +37,13 @@ import inspect
 import json
 import math
 import os
+import pickle
 import re
+import shutil
+import signal
 import sys
 import time
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +65,15 @@ SHARE_OF_BUDGET = 0.9  # per-run share of the even split; the rest pays for savi
 
 class UsageError(Exception):
     """A user mistake, reported as one line without a traceback."""
+
+
+class SubmissionFailed(UsageError):
+    """The unlearning function raised or returned unusable weights."""
+
+
+class RunTimeout(BaseException):
+    """A run went past its hard time limit (a BaseException, so ``except Exception`` in the
+    user's code cannot swallow it)."""
 
 
 # ---------------------------------------------------------------- validation helpers
@@ -75,14 +99,98 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def safe_torch_load(path: Path):
+    """``torch.load(path, weights_only=True)`` on the CPU; never runs code from the file.
+
+    Raises ``pickle.UnpicklingError`` for a file holding other Python objects, ``OSError`` and
+    the like for unreadable ones.
+    """
+    with warnings.catch_warnings():  # e.g. "pickle protocol 4": the refusal says enough
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def load_state_dict(path: Path) -> dict:
+    if path.is_dir():
+        raise UsageError(f"the original model {path} is a folder; give its .pth file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = safe_torch_load(path)
+    except pickle.UnpicklingError:
+        raise UsageError(
+            f"refused to load the original model {path}: it holds Python objects other than "
+            "tensors (a pickle that could run code); give a plain state dict saved with "
+            "torch.save(model.state_dict(), path)"
+        ) from None
     except Exception as e:  # a corrupt or non-checkpoint file
-        raise UsageError(f"cannot read the original model {path}: {e}") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"cannot read the original model {path}: {first}") from None
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise UsageError(f"{path} is not a state dict (a dict of tensors)")
+    bad = non_finite(state)
+    if bad:
+        raise UsageError(
+            f"the original model {path} has NaN/inf values in {', '.join(bad[:3])}"
+            f"{' (+more)' if len(bad) > 3 else ''}; give a trained model with finite weights"
+        )
     return state
+
+
+def non_finite(state: dict) -> list[str]:
+    """Names of floating-point tensors of ``state`` holding NaN or inf."""
+    return [
+        k
+        for k, v in state.items()
+        if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
+
+
+def check_out_folder(out: Path) -> None:
+    """A clear error, before any work, when ``out`` cannot be a folder we write into."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder")
+    ancestor = out
+    while not ancestor.exists():
+        if ancestor.is_symlink():
+            raise UsageError(f"--out {out}: {ancestor} is a broken link")
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"cannot create --out {out}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write to --out {out}: {ancestor} is not writable")
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None, message: str):
+    """Raise :class:`RunTimeout` (``message``) if the block runs longer than ``seconds``.
+
+    Uses SIGALRM, so it works in the main thread on POSIX only (elsewhere: no limit). The
+    signal interrupts Python code and sleeps; a single long C call ends before it lands.
+    """
+    usable = (
+        seconds is not None
+        and hasattr(signal, "setitimer")
+        and threading_is_main()
+    )
+    if not usable:
+        yield
+        return
+
+    def fire(signum, frame):
+        raise RunTimeout(message)
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def threading_is_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def check_state_dict_fits(state: dict, model: torch.nn.Module, arch: str, path) -> None:
@@ -259,14 +367,23 @@ def load_manifest(out: Path, identity: dict) -> dict:
 
 
 def valid_checkpoints(out: Path, manifest: dict, n: int) -> dict:
-    """Manifest entries whose file exists with the recorded checksum; removes the rest."""
+    """Manifest entries whose file exists with the recorded checksum; removes the rest
+    (and says so when a file is there but its checksum does not match: a corrupt file)."""
     for tmp in out.glob("*.tmp"):
         tmp.unlink()
     keep = {}
     for key, entry in manifest["checkpoints"].items():
         path = out / entry["file"]
-        if int(key) < n and path.is_file() and sha256_of(path) == entry["sha256"]:
+        if int(key) >= n or not path.is_file():
+            continue
+        if sha256_of(path) == entry["sha256"]:
             keep[key] = entry
+        else:
+            print(
+                f"warning: {path} does not match its checksum in {MANIFEST} (corrupt); "
+                "redoing it",
+                file=sys.stderr,
+            )
     for path in out.iterdir():  # checkpoints without a valid entry, or beyond N
         match = CHECKPOINT_RE.match(path.name)
         if match and match.group(1) not in keep:
@@ -445,8 +562,24 @@ def run_once(inputs: Inputs, args, run_seed: int, budget_s: float | None) -> dic
     )
     net.load_state_dict(inputs.original)
     net.to(inputs.device)
-    inputs.method(net, *loaders, budget_s=budget_s)
-    return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+    where = f"unlearning run with seed {run_seed}"
+    try:
+        inputs.method(net, *loaders, budget_s=budget_s)
+    except Exception as e:
+        if getattr(args, "debug", False):
+            raise
+        raise SubmissionFailed(
+            f"{where} raised {type(e).__name__}: {e}; fix {inputs.method.name} "
+            "(--debug shows the traceback)"
+        ) from None
+    state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+    bad = non_finite(state)
+    if bad:
+        raise SubmissionFailed(
+            f"{where} left NaN/inf weights in {', '.join(bad[:3])}"
+            f"{' (+more)' if len(bad) > 3 else ''}: its model gives NaN logits; nothing saved"
+        )
+    return state
 
 
 def per_run_budget(args) -> float:
@@ -476,45 +609,68 @@ def save_checkpoint(out: Path, manifest: dict, i: int, state: dict, **record) ->
 
 def run_job(args) -> int:
     """The whole job; returns the process exit code."""
-    inputs = load_inputs(args)  # every input checked before anything is written
     out = Path(args.out)
+    check_out_folder(out)
+    inputs = load_inputs(args)  # every input checked before anything is written
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    with folder_lock(out):
-        manifest = prepare_folder(out, args, inputs)
-        todo = [i for i in range(args.n) if str(i) not in manifest["checkpoints"]]
-        if len(todo) < args.n:
-            kept = args.n - len(todo)
-            print(f"resuming: {kept} valid checkpoints kept, {len(todo)} to do", file=sys.stderr)
-        budget_s = per_run_budget(args)
-        prior = budget_s if inputs.method.takes_budget else 0.0
-        watch = BudgetWatch(args.budget_h * 3600, len(todo), prior_s=prior)
-        print(startup_note(args, budget_s, len(todo), inputs.method), file=sys.stderr)
-        if todo and watch.can_start():
-            # A discarded run first: lazy imports, allocator and cuDNN warm-up would otherwise
-            # eat the first checkpoint's budget (its method would then do almost nothing).
-            warm_up()
+    with folder_lock(out):  # refuses a folder another job is writing to
+        try:
+            return _run_locked(args, inputs, out)
+        except BaseException:
+            if created and not any(CHECKPOINT_RE.match(p.name) for p in out.iterdir()):
+                shutil.rmtree(out, ignore_errors=True)  # nothing of value: leave no trace
+            raise
+
+
+def _run_locked(args, inputs: Inputs, out: Path) -> int:
+    manifest = prepare_folder(out, args, inputs)
+    todo = [i for i in range(args.n) if str(i) not in manifest["checkpoints"]]
+    if len(todo) < args.n:
+        kept = args.n - len(todo)
+        print(f"resuming: {kept} valid checkpoints kept, {len(todo)} to do", file=sys.stderr)
+    budget_s = per_run_budget(args)
+    prior = budget_s if inputs.method.takes_budget else 0.0
+    watch = BudgetWatch(args.budget_h * 3600, len(todo), prior_s=prior)
+    print(startup_note(args, budget_s, len(todo), inputs.method), file=sys.stderr)
+    if todo and watch.can_start():
+        # A discarded run first: lazy imports, allocator and cuDNN warm-up would otherwise
+        # eat the first checkpoint's budget (its method would then do almost nothing).
+        warm_up()
+        with job_time_limit(watch, "the warm-up run"):
             run_once(inputs, args, args.seed, budget_s)
-        with progress_bar(args.n, args.n - len(todo)) as bar:
-            for i in todo:
-                if not watch.can_start():
-                    log_job(out, manifest, watch, stopped=True)
-                    return stop_for_budget(args, watch, out, manifest)
-                start = time.perf_counter()
+    with progress_bar(args.n, args.n - len(todo)) as bar:
+        for i in todo:
+            if not watch.can_start():
+                log_job(out, manifest, watch, stopped=True)
+                return stop_for_budget(args, watch, out, manifest)
+            start = time.perf_counter()
+            with job_time_limit(watch, f"run {i}"):
                 state = run_once(inputs, args, args.seed + i, budget_s)
-                seconds = time.perf_counter() - start  # the run itself; saving is overhead
-                record = {"seconds": round(seconds, 4), "seed": args.seed + i, "budget_s": budget_s}
-                save_checkpoint(out, manifest, i, state, **record)
-                warning = watch.record(seconds)
-                if bar is not None:
-                    bar.set_postfix(run_s=f"{seconds:.2f}")
-                    bar.update(1)
-                if warning:
-                    print(warning, file=sys.stderr)
-        log_job(out, manifest, watch, stopped=False)
-        print(summary(watch, args), file=sys.stderr)
-        if args.zip:
-            print(f"wrote {write_zip(out, args.n)}", file=sys.stderr)
+            seconds = time.perf_counter() - start  # the run itself; saving is overhead
+            record = {"seconds": round(seconds, 4), "seed": args.seed + i, "budget_s": budget_s}
+            save_checkpoint(out, manifest, i, state, **record)
+            warning = watch.record(seconds)
+            if bar is not None:
+                bar.set_postfix(run_s=f"{seconds:.2f}")
+                bar.update(1)
+            if warning:
+                print(warning, file=sys.stderr)
+    log_job(out, manifest, watch, stopped=False)
+    print(summary(watch, args), file=sys.stderr)
+    if args.zip:
+        print(f"wrote {write_zip(out, args.n)}", file=sys.stderr)
     return 0
+
+
+def job_time_limit(watch: BudgetWatch, what: str):
+    """Interrupt a run still going when the job's whole budget is spent (a hang, say)."""
+    left = watch.total_s - watch.elapsed()
+    return time_limit(
+        left,
+        f"{what} was still going when the {duration(watch.total_s)} job budget ran out "
+        "(does the method honour budget_s, or does it hang?); stopped",
+    )
 
 
 def startup_note(args, budget_s: float, todo: int, method: Method) -> str:
@@ -596,6 +752,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     p.add_argument("--zip", action="store_true", help=f"also write {ZIP_NAME}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of a failing method")
     return p
 
 
@@ -618,6 +775,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RunTimeout as e:
+        print(f"error: {e}; checkpoints written so far are kept", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130
