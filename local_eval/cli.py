@@ -5,7 +5,8 @@ set, small CNN, N = 32 models per group, reference models cached), a result tabl
 and everything under ``runs/<time>-<dataset>-<method>/`` (see ``local_eval.report``).
 
 ``python -m local_eval score ...`` scores saved confidences or logits instead
-(``local_eval.score_cli``), e.g. the ``unlearned.npz`` / ``retrained.npz`` of a run.
+(``local_eval.score_cli``), e.g. the ``unlearned.npz`` / ``retrained.npz`` of a run;
+``python -m local_eval leaderboard ...`` ranks several methods (``local_eval.leaderboard``).
 
 Errors (a broken submission, a bad path, a bad option) end with one line on stderr and
 exit status 2 (1 for an unexpected failure); ``--debug`` shows the traceback instead.
@@ -104,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="processes training reference models (default: 1 on GPU, one per CPU core up to 4)",
     )
+    run.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads per process on CPU (default: $OMP_NUM_THREADS, else cores // workers)",
+    )
     run.add_argument("--out", type=Path, help="output folder (default runs/<time>-...)")
     run.add_argument(
         "--cache-dir",
@@ -122,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         from .score_cli import main as score_main
 
         return score_main(argv[1:])
+    if argv[:1] == ["leaderboard"]:
+        from .leaderboard import main as leaderboard_main
+
+        return leaderboard_main(argv[1:])
     args = build_parser().parse_args(argv)
     from submission.run import RunTimeout
 
@@ -161,6 +171,7 @@ def evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         budget_s=args.budget_s,
         workers=args.workers,
+        threads=args.threads,
     )
     method = load_unlearning(method=args.method, submission=args.submission, notebook=args.notebook)
     if not args.quiet:
