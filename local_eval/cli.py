@@ -105,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="processes training reference models (default: 1 on GPU, one per CPU core up to 4)",
     )
+    run.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads per process on CPU (default: $OMP_NUM_THREADS, else cores // workers)",
+    )
     run.add_argument("--out", type=Path, help="output folder (default runs/<time>-...)")
     run.add_argument(
         "--cache-dir",
@@ -166,6 +171,7 @@ def evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         budget_s=args.budget_s,
         workers=args.workers,
+        threads=args.threads,
     )
     method = load_unlearning(method=args.method, submission=args.submission, notebook=args.notebook)
     if not args.quiet:

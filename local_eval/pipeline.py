@@ -41,6 +41,7 @@ __all__ = [
     "SubmissionError",
     "model_seed",
     "resolve_device",
+    "resolve_threads",
     "resolve_workers",
     "run_evaluation",
     "train_record",
@@ -70,6 +71,7 @@ class EvalConfig:
     seed: int = 0
     budget_s: float | None = None  # per unlearning run; None: the method's full recipe
     workers: int | None = None  # processes training models; None: resolve_workers()
+    threads: int | None = None  # torch threads per process on CPU; None: resolve_threads()
 
     def __post_init__(self):
         if not isinstance(self.n_models, int) or self.n_models < 2:
@@ -78,8 +80,10 @@ class EvalConfig:
             )
         if self.budget_s is not None and not self.budget_s > 0:
             raise ValueError(f"budget_s must be positive seconds, got {self.budget_s!r}")
-        if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
-            raise ValueError(f"workers must be a positive integer, got {self.workers!r}")
+        for name in ("workers", "threads"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
 
@@ -125,13 +129,24 @@ def resolve_workers(workers: int | None, device: torch.device) -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+def resolve_threads(threads: int | None, workers: int) -> int:
+    """Torch threads per process on CPU: as given; else ``$OMP_NUM_THREADS`` when set; else
+    cores // workers (1 with the default workers)."""
+    if threads is not None:
+        return threads
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
 @contextlib.contextmanager
-def _cpu_threads(device: torch.device, workers: int):
-    """On CPU every model, trained or unlearned, runs with cores // workers threads, so the
-    seconds of an unlearning run and of a retraining (in a worker) compare fairly."""
+def _cpu_threads(device: torch.device, threads: int):
+    """On CPU every model, trained or unlearned, runs with the same number of threads, so
+    the seconds of an unlearning run and of a retraining (in a worker) compare fairly."""
     before = torch.get_num_threads()
     if device.type == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+        torch.set_num_threads(threads)
     try:
         yield
     finally:
@@ -154,7 +169,7 @@ def run_evaluation(
         recipe = get_recipe(recipe_name, **dict(config.recipe_overrides))
         device = resolve_device(config.device)
     workers = resolve_workers(config.workers, device)
-    with _cpu_threads(device, workers):
+    with _cpu_threads(device, resolve_threads(config.threads, workers)):
         return _evaluate(
             config, setup, arch, recipe, device, workers, method, cache, progress, stages
         )

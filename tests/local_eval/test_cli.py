@@ -9,7 +9,7 @@ from local_eval.cli import main
 from .conftest import HEADER, write_csv, write_kaggle_folder
 from .test_loading import write_notebook
 
-QUICK = ["--n-models", "2", "--epochs", "1", "--workers", "1", "--quiet"]
+QUICK = ["--n-models", "2", "--epochs", "1", "--workers", "1", "--threads", "1", "--quiet"]
 
 
 @pytest.fixture

@@ -53,9 +53,12 @@ def count_training(monkeypatch):
     return calls
 
 
-def evaluate(fn, cache, n=8, workers=1, **config):
+def evaluate(fn, cache, n=8, workers=1, threads=1, **config):
     result = run_evaluation(
-        EvalConfig(n_models=n, workers=workers, **config), method(fn), cache=cache, progress=False
+        EvalConfig(n_models=n, workers=workers, threads=threads, **config),
+        method(fn),
+        cache=cache,
+        progress=False,
     )
     return result, build_report(result.signals)[0]
 
@@ -157,6 +160,9 @@ def test_config_checks():
         EvalConfig(n_models=1)
     with pytest.raises(ValueError, match="budget_s must be positive"):
         EvalConfig(budget_s=0)
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        EvalConfig(threads=0)
+    assert pipeline.resolve_threads(3, workers=1) == 3
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             pipeline.resolve_device("cuda")
@@ -170,13 +176,13 @@ def test_worker_processes_train_the_same_models(tmp_path):
     same thread count), so the cache does not depend on --workers."""
     quick = {"epochs": 1}
     serial = run_evaluation(
-        EvalConfig(n_models=2, recipe_overrides=quick, workers=1),
+        EvalConfig(n_models=2, recipe_overrides=quick, workers=1, threads=1),
         method(untouched),
         cache=ModelCache(tmp_path / "a"),
         progress=False,
     )
     parallel = run_evaluation(
-        EvalConfig(n_models=2, recipe_overrides=quick, workers=2),
+        EvalConfig(n_models=2, recipe_overrides=quick, workers=2, threads=1),
         method(untouched),
         cache=ModelCache(tmp_path / "b"),
         progress=False,
