@@ -26,8 +26,10 @@ import re
 import shlex
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 __all__ = ["Row", "build_parser", "format_markdown", "main", "rank", "versus_leader"]
@@ -51,6 +53,7 @@ class Row:
     runs_over_budget: int | None = None
     default: bool = False  # submission.DEFAULT_METHOD, what submission.unlearning runs
     error: str | None = None  # one line; set when the method failed
+    notes: tuple[str, ...] = ()  # the method's warnings (what it skipped to fit the budget)
 
     @property
     def failed(self) -> bool:
@@ -171,6 +174,10 @@ def format_markdown(ranked: Sequence[Row], meta: dict) -> str:
     default = next((r for r in ranked if r.default), None)
     if default is not None:
         lines.append(_default_line(ranked, default))
+    notes = [(r.method, n) for r in ranked for n in r.notes]
+    if notes:
+        lines += ["", "What the methods said (their warnings, once per distinct message):", ""]
+        lines += [f"- `{m}`: {_escape(n)}" for m, n in notes]
     if meta.get("plot"):
         lines += ["", f"![score against seconds per run]({meta['plot']})"]
     return "\n".join(lines) + "\n"
@@ -320,14 +327,19 @@ def evaluate_methods(
     *,
     cache,
     default: str | None = None,
+    run_timeout_s: float | None = None,
     progress: bool = True,
     log: Callable[[str], None] = lambda line: None,
 ) -> tuple[list[Row], dict]:
     """One ``run_evaluation`` per method; returns the rows and the shared reference figures.
 
-    A method's failure (``SubmissionError``, a report that cannot be built, a NaN score)
-    becomes a failed row. Any other error (bad data, bad device) ends the board.
+    A method's failure (``SubmissionError``, a run still going after ``run_timeout_s``, a
+    report that cannot be built, a NaN score) becomes a failed row. Any other error (bad
+    data, bad device) ends the board.
     """
+    from submission.run import RunTimeout
+
+    from .cli import with_time_limit
     from .loading import load_unlearning
     from .pipeline import SubmissionError, run_evaluation
     from .report import build_report
@@ -335,23 +347,34 @@ def evaluate_methods(
     rows, shared = [], {}
     for i, name in enumerate(names, start=1):
         start = time.perf_counter()
-        method = load_unlearning(method=name)
-        try:
-            result = run_evaluation(config, method, cache=cache, progress=progress)
-        except SubmissionError as exc:
-            rows.append(Row(name, default=name == default, error=one_line(exc)))
-        else:
+        method = with_time_limit(load_unlearning(method=name), run_timeout_s)
+        failed = partial(Row, name, default=name == default)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             try:
-                report, _ = build_report(result.signals, context=_report_context(result))
-                rows.append(row_from_report(name, report, default=name == default))
-            except Exception as exc:
-                rows.append(Row(name, default=name == default, error=f"report: {one_line(exc)}"))
+                result = run_evaluation(config, method, cache=cache, progress=progress)
+            except (SubmissionError, RunTimeout) as exc:
+                rows.append(failed(error=one_line(exc)))
             else:
-                shared = shared or _shared(result, report)
+                try:
+                    report, _ = build_report(result.signals, context=_report_context(result))
+                    row = row_from_report(name, report, default=name == default)
+                except Exception as exc:
+                    row = failed(error=f"report: {one_line(exc)}")
+                else:
+                    shared = shared or _shared(result, report)
+                rows.append(row)
+        notes = tuple(dict.fromkeys(one_line(w.message) for w in caught if _from_method(w)))
+        rows[-1] = replace(rows[-1], notes=notes)
         row = rows[-1]
         what = f"failed: {row.error}" if row.failed else f"score {row.score:.3f}"
         log(f"[{i}/{len(names)}] {name}: {what} ({time.perf_counter() - start:.1f} s)")
     return rows, shared
+
+
+def _from_method(warning: warnings.WarningMessage) -> bool:
+    """A warning a method raised (not one of a library's deprecation notices)."""
+    return not issubclass(warning.category, (DeprecationWarning, FutureWarning))
 
 
 def _report_context(result) -> dict:
@@ -443,6 +466,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
     p.add_argument("--seed", type=int, default=0, help="split and model seeds (default 0)")
     p.add_argument("--workers", type=int, help="processes training reference models")
+    p.add_argument(
+        "--run-timeout-s",
+        type=float,
+        help="a run still going after this is stopped and its method marked failed "
+        "(default: 10 x budget + 60 s; none without a budget)",
+    )
     p.add_argument("--out", type=Path, help="output folder (default runs/<time>-leaderboard-...)")
     p.add_argument(
         "--cache-dir",
@@ -479,7 +508,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     import submission
 
     from .cache import ModelCache, default_cache_dir
-    from .cli import RECIPE_FIELDS
+    from .cli import RECIPE_FIELDS, run_timeout
     from .pipeline import EvalConfig
     from .report import versions
 
@@ -512,6 +541,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         names,
         cache=cache,
         default=submission.DEFAULT_METHOD,
+        run_timeout_s=run_timeout(args),
         progress=not args.quiet,
         log=log,
     )

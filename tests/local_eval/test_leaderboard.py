@@ -2,6 +2,7 @@
 
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -120,6 +121,11 @@ def test_markdown_marks_default_and_failed_and_states_the_setup():
     ]
 
 
+def test_markdown_lists_method_notes():
+    ranked = [scored("a", 0.3, 0.2, 0.4, notes=("fisher on 8 samples",))]
+    assert "- `a`: fisher on 8 samples" in format_markdown(ranked, {})
+
+
 def test_row_from_report_carries_the_interval_through_the_utility_ratios():
     acc = {
         g: {"retain": {"mean": ra}, "test": {"mean": ta}}
@@ -153,11 +159,16 @@ def _nan_weights(net, retain, forget, val, *, budget_s=None):
     return net.eval()
 
 
+def _hangs(net, retain, forget, val, *, budget_s=None):
+    time.sleep(600)
+
+
 @pytest.mark.slow
 def test_board_lists_every_registered_method_and_failures(tmp_path, monkeypatch, capsys):
     registered = list(submission.METHODS)
     monkeypatch.setitem(submission.METHODS, "zz_raises", _raises)
     monkeypatch.setitem(submission.METHODS, "zz_nan", _nan_weights)
+    monkeypatch.setitem(submission.METHODS, "zz_hangs", _hangs)
     out = tmp_path / "board"
     code = main(
         [
@@ -168,6 +179,8 @@ def test_board_lists_every_registered_method_and_failures(tmp_path, monkeypatch,
             "0.3",
             "--epochs",
             "2",  # cheaper references: this checks the board, not the methods
+            "--run-timeout-s",
+            "5",
             "--workers",
             "2",
             "--cache-dir",
@@ -186,10 +199,11 @@ def test_board_lists_every_registered_method_and_failures(tmp_path, monkeypatch,
     }
     board = json.loads((out / "leaderboard.json").read_text())
     rows = {r["method"]: r for r in board["rows"]}
-    assert set(rows) == {*registered, "zz_raises", "zz_nan"}
+    assert set(rows) == {*registered, "zz_raises", "zz_nan", "zz_hangs"}
     assert "deliberately broken" in rows["zz_raises"]["error"]
     assert "NaN" in rows["zz_nan"]["error"]
-    assert rows["zz_raises"]["rank"] is None and rows["zz_nan"]["rank"] is None
+    assert "still going after 5 s" in rows["zz_hangs"]["error"]
+    assert all(rows[m]["rank"] is None for m in ("zz_raises", "zz_nan", "zz_hangs"))
     assert rows[submission.DEFAULT_METHOD]["default"] is True
     scored_rows = [r for r in board["rows"] if r["rank"] is not None]
     assert [r["score"] for r in scored_rows] == sorted(
@@ -199,6 +213,6 @@ def test_board_lists_every_registered_method_and_failures(tmp_path, monkeypatch,
     for name in registered:
         assert f"`{name}`" in markdown
     assert f"`{submission.DEFAULT_METHOD}` (default)" in markdown
-    assert markdown.count("**failed**") == 2
+    assert markdown.count("**failed**") == 3
     assert board["n_models"] == 3 and board["budget_s"] == 0.3
     assert board["references"]["retraining_s"] > 0
