@@ -31,6 +31,11 @@ def _load_array(path: Path, what: str) -> np.ndarray | dict[str, np.ndarray]:
     try:
         loaded = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        if "pickle" in str(exc):  # numpy's own hint would be to load it unsafely: never
+            raise InputError(
+                f"{what} file {path} is not a readable .npy/.npz array: reading it would need "
+                "unpickling, which could run code (refused); save numbers with np.save/np.savez"
+            ) from exc
         raise InputError(f"{what} file {path} is not a readable .npy/.npz array: {exc}") from exc
     if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:

@@ -83,8 +83,10 @@ def _write(nb, out):
     try:
         return write_notebook(nb, out)
     except OSError as err:
-        where = err.filename or out
-        print(f"error: cannot write --out {out}: {where}: {err.strerror or err}", file=sys.stderr)
+        why = err.strerror or str(err)
+        if isinstance(err, (FileExistsError, NotADirectoryError)):
+            why = "a part of that path is a file, not a folder"
+        print(f"error: cannot write --out {out}: {why}", file=sys.stderr)
         return None
 
 

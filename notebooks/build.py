@@ -62,6 +62,7 @@ def build_kaggle_notebook(*, method: str | None = None, submission_file=None,
     try:
         if method is not None:
             modules, fn_name, entry = _inline_method(method, package)
+            _check_method_kwargs(method, package, method_kwargs or {})
             entry_cell = _method_entry_cell(method, fn_name, entry, method_kwargs or {})
         else:
             modules = _inline_submission_file(Path(submission_file), package)
@@ -146,6 +147,22 @@ def _inline_submission_file(path: Path, package: str) -> list[InlinedModule]:
         raise BuildError(f"{path} defines no top-level `unlearning(net, retain_loader, "
                          "forget_loader, val_loader)` function")
     return modules
+
+
+def _check_method_kwargs(method: str, package: str, kwargs: dict) -> None:
+    """Refuse overrides the method does not take (a typo would otherwise fail on Kaggle)."""
+    if not kwargs:
+        return
+    params = inspect.signature(importlib.import_module(package).get_method(method)).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    known = [k for k, p in params.items() if p.kind is p.KEYWORD_ONLY and k != "budget_s"]
+    unknown = [k for k in kwargs if k not in known]
+    if unknown:
+        raise BuildError(
+            f"{method} has no hyperparameter {', '.join(unknown)}; "
+            f"its hyperparameters: {', '.join(known) or '(none)'}"
+        )
 
 
 def _method_entry_cell(method: str, fn_name: str, module: str, kwargs: dict) -> str:

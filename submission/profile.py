@@ -36,6 +36,7 @@ from .loop import Deadline, Schedule, TrainLoop, cosine, record_timings, warm_up
 from .run import (
     Inputs,
     UsageError,
+    check_file,
     check_positive,
     check_state_dict_fits,
     duration,
@@ -319,7 +320,7 @@ def profile(args) -> dict:
     target = read_machine_profile(args.machine) if args.machine else None
     setup, model = load_setup_and_model(args)
     if args.original:
-        original = load_state_dict(Path(args.original))
+        original = load_state_dict(check_file(args.original, "original model"))
         check_state_dict_fits(original, model, args.arch, args.original)
         sha = sha256_of(Path(args.original))
     else:
@@ -351,8 +352,12 @@ def main(argv: list[str] | None = None) -> int:
         check_args(args)
         if args.calibrate:
             target = Path(args.calibrate)
-            if not target.parent.is_dir() or target.is_dir():
-                raise UsageError(f"cannot write --calibrate {target}: no such folder, or a folder")
+            if target.is_dir():
+                raise UsageError(f"cannot write --calibrate {target}: it is a folder")
+            if not target.parent.is_dir():
+                raise UsageError(
+                    f"cannot write --calibrate {target}: {target.parent} is not a folder"
+                )
             machine = machine_profile(parse_device(args.device))
             try:
                 target.write_text(json.dumps(machine, indent=1))

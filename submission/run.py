@@ -86,6 +86,8 @@ def check_positive(value, name: str) -> None:
 
 def check_file(path: str | os.PathLike, what: str) -> Path:
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{what} {path} is a folder; give a file")
     if not path.is_file():
         raise UsageError(f"{what} not found: {path}")
     return path
@@ -123,7 +125,10 @@ def load_state_dict(path: Path) -> dict:
         ) from None
     except Exception as e:  # a corrupt or non-checkpoint file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"cannot read the original model {path}: {first}") from None
+        raise UsageError(
+            f"cannot read the original model {path}: not a file written by torch.save "
+            f"({type(e).__name__}: {first})"
+        ) from None
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise UsageError(f"{path} is not a state dict (a dict of tensors)")
     bad = non_finite(state)
