@@ -37,6 +37,7 @@ import importlib.util
 import inspect
 import json
 import sys
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,7 +162,13 @@ def notebook_definitions(path: Path) -> tuple[dict, tuple[str, ...]]:
         cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path} is not a Jupyter notebook (.ipynb JSON): {exc}") from None
-    namespace: dict = {"__name__": "__notebook__"}
+    # a real, registered module: dataclasses, pickling and typing look classes up through
+    # sys.modules[cls.__module__]
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    module = types.ModuleType(f"_user_notebook_{digest}")
+    module.__file__ = str(path)
+    sys.modules[module.__name__] = module
+    namespace = vars(module)
     notes: list[str] = []
     for number, cell in enumerate(cells, start=1):
         if cell.get("cell_type") != "code":

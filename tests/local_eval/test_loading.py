@@ -172,3 +172,28 @@ def test_kit_methods_and_default():
         load_unlearning(method="nope")
     with pytest.raises(ValueError, match="at most one"):
         load_unlearning(method="finetune", submission="x.py")
+
+
+def test_notebook_dataclasses_get_a_real_module(tmp_path):
+    path = write_notebook(
+        tmp_path / "nb.ipynb",
+        """
+        from dataclasses import dataclass
+        @dataclass(frozen=True)
+        class Settings:
+            lr: float = 1e-3
+        def unlearning(net, retain, forget, val):
+            return Settings()
+        """,
+    )
+    assert load_unlearning(notebook=path).fn(None, None, None, None).lr == 1e-3
+
+
+def test_kit_built_kaggle_notebook_loads(tmp_path):
+    """A notebook from ``python -m notebooks build`` (inlined kit code) gives its method."""
+    from notebooks.build import build_kaggle_notebook
+    from notebooks.build import write_notebook as save_notebook
+
+    path = save_notebook(build_kaggle_notebook(method="finetune"), tmp_path / "ft.ipynb")
+    loaded = load_unlearning(notebook=path)
+    assert callable(loaded.fn) and loaded.source == f"notebook:{path}"
