@@ -9,7 +9,10 @@
   Even a perfect unlearner does not reach F = 1 (see ``shared/spec/metric.md``), so F is also
   given as a fraction of this ceiling;
 - the **floor**: F of N models trained like the original (retain + forget, other seeds)
-  against the references: what doing nothing scores;
+  against the references: what models that never unlearned score when they differ by seed
+  as much as the references do. (Doing nothing at all, the one original submitted N times,
+  scores exactly 0: every example's unlearned column is constant, which the score caps.)
+  A method below the floor leaves the forget set more visible than no unlearning would;
 - accuracies (retain / test / forget, mean and std) of every group, the utility ratios,
   seconds per unlearning run and their ratio to one retraining;
 - the starting kit's loss-attack sanity check (``local_eval.sanity``), labelled as such.
@@ -46,7 +49,7 @@ GROUP_LABELS = {
     "unlearned": "unlearned (the submission)",
     "retrained": "retrained (references)",
     "ceiling": "ceiling: 2nd retrained set",
-    "floor": "floor: originals, no unlearning",
+    "floor": "floor: seeded originals, as-is",
 }
 
 
@@ -298,7 +301,8 @@ def format_summary(report: dict) -> str:
         f"score {report['score']:.4f}   F {report['forget_quality']:.4f} "
         f"(95% CI {lo:.3f}-{hi:.3f} over forget examples) = "
         f"{_pct(report['fraction_of_ceiling'])} of the ceiling "
-        f"{report['ceiling']['forget_quality']:.4f}; floor {report['floor']['forget_quality']:.4f}",
+        f"{report['ceiling']['forget_quality']:.4f}; floor {report['floor']['forget_quality']:.4f} "
+        "(N originals of other seeds; the one original submitted N times scores 0)",
         f"utility ratios: retain {report['utility']['retain_ratio']:.3f}, "
         f"test {report['utility']['test_ratio']:.3f}",
         f"time: {t['unlearning_s_mean']:.2f} s per unlearning run (max {t['unlearning_s_max']:.2f})"
