@@ -171,11 +171,7 @@ def time_limit(seconds: float | None, message: str):
     Uses SIGALRM, so it works in the main thread on POSIX only (elsewhere: no limit). The
     signal interrupts Python code and sleeps; a single long C call ends before it lands.
     """
-    usable = (
-        seconds is not None
-        and hasattr(signal, "setitimer")
-        and threading_is_main()
-    )
+    usable = seconds is not None and hasattr(signal, "setitimer") and threading_is_main()
     if not usable:
         yield
         return
@@ -385,8 +381,7 @@ def valid_checkpoints(out: Path, manifest: dict, n: int) -> dict:
             keep[key] = entry
         else:
             print(
-                f"warning: {path} does not match its checksum in {MANIFEST} (corrupt); "
-                "redoing it",
+                f"warning: {path} does not match its checksum in {MANIFEST} (corrupt); redoing it",
                 file=sys.stderr,
             )
     for path in out.iterdir():  # checkpoints without a valid entry, or beyond N
@@ -628,9 +623,29 @@ def run_job(args) -> int:
             raise
 
 
+def check_disk_space(out: Path, *, checkpoints: int, checkpoint_bytes: int, zip_too: bool):
+    """A clear error before hours of work when the checkpoints cannot fit on the disk."""
+    need = checkpoints * checkpoint_bytes * (2 if zip_too else 1)
+    need = int(need * 1.05) + (16 << 20)  # manifest, temp files, file-system slack
+    free = shutil.disk_usage(out).free
+    if free < need:
+        raise UsageError(
+            f"not enough disk space in --out {out}: {checkpoints} checkpoints of about "
+            f"{checkpoint_bytes / 2**20:.1f} MiB{' plus the zip' if zip_too else ''} need about "
+            f"{need / 2**20:.0f} MiB, {free / 2**20:.0f} MiB free; "
+            "free some space or choose another --out"
+        )
+
+
 def _run_locked(args, inputs: Inputs, out: Path) -> int:
     manifest = prepare_folder(out, args, inputs)
     todo = [i for i in range(args.n) if str(i) not in manifest["checkpoints"]]
+    check_disk_space(
+        out,
+        checkpoints=len(todo),
+        checkpoint_bytes=Path(args.original).stat().st_size,
+        zip_too=bool(args.zip),
+    )
     if len(todo) < args.n:
         kept = args.n - len(todo)
         print(f"resuming: {kept} valid checkpoints kept, {len(todo)} to do", file=sys.stderr)

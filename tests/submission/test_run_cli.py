@@ -165,3 +165,20 @@ def test_original_that_does_not_fit_the_architecture_is_refused(tmp_path):
     )
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()  # nothing written for a refused job
+
+
+def test_full_disk_is_refused_before_any_work(original, tmp_path, monkeypatch, capsys):
+    """The free space is checked against N checkpoints (and the zip) before the first run."""
+    real = run.shutil.disk_usage
+
+    def tiny_disk(path):
+        return real(path)._replace(free=5 << 20)  # 5 MiB free
+
+    monkeypatch.setattr(run.shutil, "disk_usage", tiny_disk)
+    out = tmp_path / "out"
+    argv = command(original, out, "--method", "finetune", "--n", "512", "--zip")[3:]
+    assert run.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "not enough disk space" in err and "512 checkpoints" in err and "plus the zip" in err
+    assert "Traceback" not in err
+    assert not out.exists()  # nothing of the job is left behind
