@@ -1,0 +1,178 @@
+"""Train K models of one architecture at once: stacked weights, ``torch.func.vmap``.
+
+``train_new_models_batched(arch, data, val, recipe, num_classes=, device=, seeds=)`` returns
+one :class:`~local_eval.train.TrainResult` per seed, like calling
+:func:`~local_eval.train.train_new_model` once per seed, but each step runs all K models in
+one vectorised call (``stack_module_state`` + ``vmap`` over ``functional_call``), which
+spends Python and kernel-launch overhead once per step instead of K times.
+
+What is kept per model, exactly as the sequential trainer does it:
+
+- initialisation: ``torch.manual_seed(seed)`` then ``build_model``;
+- data order: a ``torch.Generator`` seeded with ``seed`` draws the epoch's permutation the
+  way ``make_loader(shuffle=True, seed=seed)``'s ``RandomSampler`` does (two ``randperm``
+  draws per epoch: the sampler draws an empty tail after every full pass), so model k sees
+  the very batches its sequential run would;
+- loss: each model's own mean cross-entropy (class-weighted when the recipe says so); the
+  models' losses are summed, so each model's gradient is its own loss's gradient;
+- optimizer and schedule: one ``torch.optim`` optimizer over the stacked tensors. Adam and
+  SGD (with coupled weight decay and momentum) are elementwise and every model takes the
+  same steps at the same learning rate, so this is K independent optimizers;
+- BatchNorm: the running statistics are stacked buffers, updated in place per model under
+  ``vmap`` (each model's statistics come from its own batch only).
+
+At the end the stacked tensors are split back into ordinary ``state_dict``s, loaded with
+``strict=True`` into the models built from the seeds, and returned in eval mode.
+
+Differences from the sequential trainer: under ``vmap`` a convolution runs as one grouped
+convolution over the K models, so with K > 1 the floating-point sums are ordered
+differently and the weights differ in the last bits, which training amplifies (models are
+equally good, not bitwise equal). ``TrainResult.seconds`` is the group's wall time divided
+by K (amortised), not the time one model takes alone. Augmentation and best-on-validation
+recipes are refused (use the sequential trainer).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from .data import Split
+from .models import build_model
+from .signals import accuracy, model_logits
+from .train import Recipe, TrainResult, _check_recipe, _optimizer, _scheduler
+
+__all__ = ["DEFAULT_GROUP", "TRAINERS", "epoch_orders", "train_new_models_batched"]
+
+TRAINERS = ("sequential", "batched")
+# Models per vmap call. 16 small CNNs on digits take a few MB; larger groups gain little on
+# a CPU core (the step becomes compute-bound) and cost memory linearly.
+DEFAULT_GROUP = 16
+
+
+def epoch_orders(n: int, seed: int, epochs: int) -> list[torch.Tensor]:
+    """The ``epochs`` permutations of ``range(n)`` that ``make_loader(split, shuffle=True,
+    seed=seed)`` yields over ``epochs`` passes (each pass also draws an empty tail)."""
+    generator = torch.Generator().manual_seed(seed)
+    orders = []
+    for _ in range(epochs):
+        orders.append(torch.randperm(n, generator=generator))
+        torch.randperm(n, generator=generator)  # RandomSampler's (empty) remainder draw
+    return orders
+
+
+def train_new_models_batched(
+    arch: str,
+    data: Split,
+    val: Split | None,
+    recipe: Recipe,
+    *,
+    num_classes: int,
+    device: torch.device | str,
+    seeds: Sequence[int],
+    group_size: int = DEFAULT_GROUP,
+) -> list[TrainResult]:
+    """One trained model per seed (in order), ``group_size`` models per vectorised run."""
+    _check_batched(recipe, seeds, group_size)
+    results: list[TrainResult] = []
+    for start in range(0, len(seeds), group_size):
+        group = list(seeds[start : start + group_size])
+        results += _train_group(arch, data, val, recipe, num_classes, device, group)
+    return results
+
+
+def _check_batched(recipe: Recipe, seeds: Sequence[int], group_size: int) -> None:
+    _check_recipe(recipe)
+    if recipe.augment != "none" or recipe.best_on_val:
+        raise ValueError(
+            "the batched trainer supports recipes without augmentation and without "
+            f"best-on-validation selection; {recipe.name!r} has augment={recipe.augment!r}, "
+            f"best_on_val={recipe.best_on_val} (use the sequential trainer)"
+        )
+    if not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size must be a positive integer, got {group_size!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError("seeds must be distinct (each model needs its own data order)")
+
+
+def _train_group(arch, data, val, recipe, num_classes, device, seeds) -> list[TrainResult]:
+    start = time.perf_counter()
+    c, h = data.images.shape[1], data.images.shape[2]
+    models = []
+    for seed in seeds:  # as train_new_model: seed, then build
+        torch.manual_seed(seed)
+        models.append(build_model(arch, num_classes=num_classes, in_channels=c, image_size=h))
+    models = [m.to(device) for m in models]
+    stacked, buffers = stack_module_state(models)
+    params = nn.ParameterDict({_safe(k): nn.Parameter(v.detach()) for k, v in stacked.items()})
+    template = copy.deepcopy(models[0]).to("meta").train()
+
+    def forward(p, b, x):
+        return functional_call(template, (p, b), (x,))
+
+    batched_forward = vmap(forward)
+    optimizer = _optimizer(params, recipe)
+    steps_per_epoch = -(-len(data) // recipe.batch_size)
+    scheduler = _scheduler(optimizer, recipe, recipe.epochs * steps_per_epoch)
+    weight = _class_weights(data.labels, num_classes).to(device) if recipe.class_weighted else None
+    images, labels = data.images.to(device), data.labels.to(device)
+    orders = [epoch_orders(len(data), s, recipe.epochs) for s in seeds]
+
+    for epoch in range(recipe.epochs):
+        order = torch.stack([o[epoch] for o in orders]).to(device)  # (K, n)
+        for i in range(0, len(data), recipe.batch_size):
+            idx = order[:, i : i + recipe.batch_size]  # (K, b): each model's own batch
+            named = {k: params[_safe(k)] for k in stacked}
+            logits = batched_forward(named, buffers, images[idx])  # (K, b, classes)
+            loss = _summed_loss(logits, labels[idx], weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+
+    seconds = (time.perf_counter() - start) / len(seeds)
+    return [
+        _unstacked(model, k, stacked, params, buffers, val, device, seconds, recipe.epochs)
+        for k, model in enumerate(models)
+    ]
+
+
+def _safe(name: str) -> str:
+    return name.replace(".", "__")  # ParameterDict keys cannot hold dots
+
+
+def _summed_loss(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None):
+    """Sum over models of each model's mean cross-entropy (weighted mean with ``weight``),
+    as ``F.cross_entropy(logits[k], y[k], weight=weight)`` computes it."""
+    k, b, classes = logits.shape
+    per = F.cross_entropy(logits.reshape(k * b, classes), y.reshape(-1), reduction="none")
+    per = per.view(k, b)
+    if weight is None:
+        return per.mean(dim=1).sum()
+    w = weight[y]  # (K, b)
+    return ((per * w).sum(dim=1) / w.sum(dim=1)).sum()
+
+
+def _class_weights(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    counts = torch.bincount(labels, minlength=n_classes).double()
+    return torch.where(counts > 0, 1.0 / counts.clamp(min=1), 0.0).float()
+
+
+def _unstacked(model, k, stacked, params, buffers, val, device, seconds, epochs) -> TrainResult:
+    state = {name: params[_safe(name)][k].detach().clone() for name in stacked}
+    state.update({name: b[k].clone() for name, b in buffers.items()})
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    val_acc = (
+        accuracy(model_logits(model, val, device=device), val.labels.numpy())
+        if val is not None and len(val)
+        else float("nan")
+    )
+    return TrainResult(model, seconds, epochs, float(val_acc))

@@ -1,0 +1,147 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from local_eval.batched import _summed_loss, epoch_orders, train_new_models_batched
+from local_eval.data import Split, load_setup, make_loader
+from local_eval.models import build_model
+from local_eval.signals import accuracy, model_logits
+from local_eval.train import get_recipe, train_new_model
+
+SEEDS = [11, 12, 13, 14]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_setup("digits")
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    return get_recipe("fast_smallcnn")
+
+
+@pytest.fixture(scope="module")
+def batched(digits, recipe):
+    return train_new_models_batched(
+        "smallcnn", digits.retain, digits.val, recipe, num_classes=10, device="cpu", seeds=SEEDS
+    )
+
+
+def _test_accuracy(model, setup):
+    return accuracy(model_logits(model, setup.test, device="cpu"), setup.test.labels.numpy())
+
+
+def test_epoch_orders_are_the_seeded_loaders_orders(digits):
+    bare = Split(digits.retain.images, digits.retain.labels, {})
+    loader = make_loader(bare, batch_size=64, shuffle=True, seed=7)
+    for order in epoch_orders(len(bare), 7, 3):  # three passes over one loader
+        seen = torch.cat([batch["image"] for batch in loader])
+        assert torch.equal(seen, bare.images[order])
+
+
+def test_every_model_gets_its_own_data_order():
+    orders = [epoch_orders(500, s, 2) for s in SEEDS]
+    firsts = [o[0] for o in orders]
+    for i in range(len(SEEDS)):
+        assert sorted(firsts[i].tolist()) == list(range(500))  # a permutation
+        assert not torch.equal(orders[i][0], orders[i][1])  # a new order each epoch
+        for j in range(i):
+            assert not torch.equal(firsts[i], firsts[j])
+
+
+def test_state_dicts_load_strictly_into_a_fresh_smallcnn(batched):
+    for result in batched:
+        fresh = build_model("smallcnn", num_classes=10, in_channels=1, image_size=8)
+        fresh.load_state_dict(result.model.state_dict(), strict=True)
+        assert not result.model.training
+
+
+def test_each_model_has_its_own_weights_and_batchnorm_statistics(batched, digits, recipe):
+    states = [r.model.state_dict() for r in batched]
+    steps = recipe.epochs * -(-len(digits.retain) // recipe.batch_size)
+    for state in states:
+        assert int(state["1.num_batches_tracked"]) == steps
+    for name in ("0.weight", "1.running_mean", "5.running_var", "9.weight"):
+        assert not torch.equal(states[0][name], states[1][name])
+
+
+def test_accuracies_match_the_sequential_trainer(batched, digits, recipe):
+    sequential = [
+        train_new_model(
+            "smallcnn", digits.retain, digits.val, recipe, num_classes=10, device="cpu", seed=s
+        ).model
+        for s in SEEDS
+    ]
+    seq_acc = np.mean([_test_accuracy(m, digits) for m in sequential])
+    bat_acc = np.mean([_test_accuracy(r.model, digits) for r in batched])
+    assert bat_acc > 0.9 and abs(seq_acc - bat_acc) <= 0.02, (seq_acc, bat_acc)
+
+
+def test_one_model_is_near_identical_to_the_sequential_run(digits, recipe):
+    """Same seed, same batches, same steps: the weights differ only by float rounding (the
+    vmapped convolution sums in another order), amplified a little by 10 epochs."""
+    seq = train_new_model(
+        "smallcnn", digits.retain, digits.val, recipe, num_classes=10, device="cpu", seed=5
+    ).model
+    (bat,) = train_new_models_batched(
+        "smallcnn", digits.retain, digits.val, recipe, num_classes=10, device="cpu", seeds=[5]
+    )
+    a, b = seq.state_dict(), bat.model.state_dict()
+    for name in a:
+        assert torch.allclose(a[name].float(), b[name].float(), atol=2e-2), name
+    same = (
+        model_logits(seq, digits.test, device="cpu").argmax(1)
+        == model_logits(bat.model, digits.test, device="cpu").argmax(1)
+    ).mean()
+    assert same >= 0.99
+
+
+def test_summed_loss_is_each_models_own_cross_entropy():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 4, generator=gen)
+    y = torch.randint(0, 4, (3, 5), generator=gen)
+    weight = torch.tensor([1.0, 0.5, 2.0, 0.25])
+    for w in (None, weight):
+        expected = sum(
+            torch.nn.functional.cross_entropy(logits[k], y[k], weight=w) for k in range(3)
+        )
+        assert torch.allclose(_summed_loss(logits, y, w), expected)
+
+
+def test_refuses_what_it_cannot_batch(digits):
+    kwargs = dict(num_classes=10, device="cpu")
+    with pytest.raises(ValueError, match="sequential trainer"):
+        aug = get_recipe("fast_smallcnn", augment="crop_flip")
+        train_new_models_batched("smallcnn", digits.retain, None, aug, seeds=[1], **kwargs)
+    with pytest.raises(ValueError, match="distinct"):
+        recipe = get_recipe("fast_smallcnn")
+        train_new_models_batched("smallcnn", digits.retain, None, recipe, seeds=[1, 1], **kwargs)
+
+
+PEAK_SCRIPT = """
+import resource, torch
+from local_eval.batched import train_new_models_batched
+from local_eval.data import load_setup
+from local_eval.train import get_recipe
+torch.set_num_threads(1)
+setup = load_setup("digits")
+recipe = get_recipe("fast_smallcnn", epochs=1)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+train_new_models_batched("smallcnn", setup.retain, None, recipe, num_classes=10,
+                         device="cpu", seeds=list(range(16)))
+print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+@pytest.mark.slow
+def test_peak_memory_of_a_group_of_16_stays_small():
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_SCRIPT], capture_output=True, text=True, check=True
+    )
+    before, after = (int(v) / 1024 for v in out.stdout.split()[-2:])  # KiB on Linux
+    # one sequential model adds ~170 MB as well (first use of oneDNN and autograd)
+    assert after - before < 250, (before, after)  # MB the training adds to torch + data
