@@ -48,7 +48,13 @@ from .models import build_model
 from .signals import accuracy, model_logits
 from .train import Recipe, TrainResult, _check_recipe, _optimizer, _scheduler
 
-__all__ = ["DEFAULT_GROUP", "TRAINERS", "epoch_orders", "train_new_models_batched"]
+__all__ = [
+    "DEFAULT_GROUP",
+    "TRAINERS",
+    "check_batchable",
+    "epoch_orders",
+    "train_new_models_batched",
+]
 
 TRAINERS = ("sequential", "batched")
 # Models per vmap call. 16 small CNNs on digits take a few MB; larger groups gain little on
@@ -87,7 +93,8 @@ def train_new_models_batched(
     return results
 
 
-def _check_batched(recipe: Recipe, seeds: Sequence[int], group_size: int) -> None:
+def check_batchable(recipe: Recipe) -> None:
+    """Raise ``ValueError`` unless the batched trainer can run ``recipe``."""
     _check_recipe(recipe)
     if recipe.augment != "none" or recipe.best_on_val:
         raise ValueError(
@@ -95,6 +102,10 @@ def _check_batched(recipe: Recipe, seeds: Sequence[int], group_size: int) -> Non
             f"best-on-validation selection; {recipe.name!r} has augment={recipe.augment!r}, "
             f"best_on_val={recipe.best_on_val} (use the sequential trainer)"
         )
+
+
+def _check_batched(recipe: Recipe, seeds: Sequence[int], group_size: int) -> None:
+    check_batchable(recipe)
     if not isinstance(group_size, int) or group_size < 1:
         raise ValueError(f"group_size must be a positive integer, got {group_size!r}")
     if len(set(seeds)) != len(seeds):

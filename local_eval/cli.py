@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="torch threads per process on CPU (default: $OMP_NUM_THREADS, else cores // workers)",
     )
+    run.add_argument(
+        "--trainer",
+        choices=("sequential", "batched"),
+        default="sequential",
+        help="how reference models are trained: one at a time (default) or in vectorised "
+        "groups (local_eval.batched; recipes without augmentation only)",
+    )
     run.add_argument("--out", type=Path, help="output folder (default runs/<time>-...)")
     run.add_argument(
         "--cache-dir",
@@ -172,6 +179,7 @@ def evaluate(args: argparse.Namespace) -> int:
         budget_s=args.budget_s,
         workers=args.workers,
         threads=args.threads,
+        trainer=args.trainer,
     )
     method = load_unlearning(method=args.method, submission=args.submission, notebook=args.notebook)
     if not args.quiet:

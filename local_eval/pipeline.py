@@ -22,12 +22,14 @@ import os
 import sys
 import time
 from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
+from .batched import DEFAULT_GROUP, TRAINERS, check_batchable, train_new_models_batched
 from .cache import ModelCache
 from .data import DataSetup, load_setup, make_loader
 from .loading import LoadedMethod
@@ -72,6 +74,7 @@ class EvalConfig:
     budget_s: float | None = None  # per unlearning run; None: the method's full recipe
     workers: int | None = None  # processes training models; None: resolve_workers()
     threads: int | None = None  # torch threads per process on CPU; None: resolve_threads()
+    trainer: str = "sequential"  # or "batched": local_eval.batched, groups of models per call
 
     def __post_init__(self):
         if not isinstance(self.n_models, int) or self.n_models < 2:
@@ -84,6 +87,8 @@ class EvalConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.trainer not in TRAINERS:
+            raise ValueError(f"trainer must be one of {TRAINERS}, got {self.trainer!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
 
@@ -167,6 +172,8 @@ def run_evaluation(
         arch = config.arch or default_arch(setup.in_channels, setup.image_size)
         recipe_name = config.recipe or default_recipe(arch, config.dataset)
         recipe = get_recipe(recipe_name, **dict(config.recipe_overrides))
+        if config.trainer == "batched":
+            check_batchable(recipe)  # before the submission's runs, not after
         device = resolve_device(config.device)
     workers = resolve_workers(config.workers, device)
     with _cpu_threads(device, resolve_threads(config.threads, workers)):
@@ -179,7 +186,7 @@ def _evaluate(config, setup, arch, recipe, device, workers, method, cache, progr
     from submission.loop import warm_up
 
     warm_up()  # torch's one-off lazy imports must not count against the first timed run
-    models = _ModelSource(setup, arch, recipe, device, cache, progress, workers)
+    models = _ModelSource(setup, arch, recipe, device, cache, progress, workers, config.trainer)
     n = config.n_models
     with _stage(stages, "original"):
         original = models.original_weights()
@@ -247,10 +254,19 @@ class _ModelSource:
     """
 
     def __init__(
-        self, setup, arch, recipe, device, cache: ModelCache, progress: bool, workers: int
+        self,
+        setup,
+        arch,
+        recipe,
+        device,
+        cache: ModelCache,
+        progress: bool,
+        workers: int,
+        trainer: str = "sequential",
     ):
         self.setup, self.arch, self.recipe, self.device = setup, arch, recipe, device
         self.cache, self.progress, self.workers = cache, progress, workers
+        self.trainer = trainer
         self.trained = {"original": 0, "retrained": 0}
         self._memo: dict[tuple[str, int], ModelRecord] = {}  # works without a cache too
 
@@ -258,14 +274,15 @@ class _ModelSource:
         recipe = {
             k: v for k, v in self.recipe.as_dict().items() if k not in ("name", "description")
         }
-        return self.cache.group(
-            {
-                "role": role,  # "original": retain + forget; "retrained": retain only
-                "data": self.setup.describe(),
-                "arch": self.arch,
-                "recipe": recipe,
-            }
-        )
+        identity = {
+            "role": role,  # "original": retain + forget; "retrained": retain only
+            "data": self.setup.describe(),
+            "arch": self.arch,
+            "recipe": recipe,
+        }
+        if self.trainer != "sequential":  # same recipe, other float rounding: kept apart
+            identity["trainer"] = self.trainer  # (sequential keys stay as they were)
+        return self.cache.group(identity)
 
     def seed(self, role: str, index: int) -> int:
         return model_seed(self.setup.seed, role, index)
@@ -275,9 +292,14 @@ class _ModelSource:
         key, seed = self.key("original"), self.seed("original", 0)
         weights = self.cache.load_weights(key, seed)
         if weights is None or self.cache.load(key, seed) is None:
-            record, model = train_record(
-                self.setup, self.arch, self.recipe, "original", seed, self.device
-            )
+            if self.trainer == "batched":
+                [(record, model)] = train_records_batched(
+                    self.setup, self.arch, self.recipe, "original", [seed], self.device
+                )
+            else:
+                record, model = train_record(
+                    self.setup, self.arch, self.recipe, "original", seed, self.device
+                )
             weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             self.cache.save_weights(key, seed, weights)
             self._keep("original", key, seed, record)
@@ -313,13 +335,50 @@ class _ModelSource:
 
     def _train_many(self, jobs: list[tuple[str, int]]):
         """Yield ``((role, seed), record)`` as models finish, here or in worker processes."""
+        if self.trainer == "batched":
+            yield from self._train_batched(jobs)
+            return
         if self.workers <= 1 or len(jobs) <= 1:
             for role, seed in jobs:
                 args = (self.setup, self.arch, self.recipe, role, seed, self.device)
                 yield (role, seed), train_record(*args)[0]
             return
+        with self._pool(len(jobs)) as pool:
+            futures = {}
+            for job in jobs:
+                args = (self.arch, self.recipe, *job, str(self.device))
+                futures[pool.submit(_worker_train, *args)] = job
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+
+    def _train_batched(self, jobs: list[tuple[str, int]]):
+        """Groups of up to ``DEFAULT_GROUP`` models of one role per vectorised run, the
+        groups spread over the workers (at most one group each at a time)."""
+        groups = []
+        for role in dict.fromkeys(r for r, _ in jobs):
+            seeds = [s for r, s in jobs if r == role]
+            size = _group_size(len(seeds), self.workers)
+            groups += [(role, seeds[i : i + size]) for i in range(0, len(seeds), size)]
+        for role, seeds, records in self._run_groups(groups):
+            for seed, record in zip(seeds, records, strict=True):
+                yield (role, seed), record
+
+    def _run_groups(self, groups: list[tuple[str, list[int]]]):
+        if self.workers <= 1 or len(groups) <= 1:
+            for role, seeds in groups:
+                args = (self.setup, self.arch, self.recipe, role, seeds, self.device)
+                yield role, seeds, [r for r, _ in train_records_batched(*args)]
+            return
+        with self._pool(len(groups)) as pool:
+            futures = {}
+            for role, seeds in groups:
+                args = (self.arch, self.recipe, role, seeds, str(self.device))
+                futures[pool.submit(_worker_train_batched, *args)] = (role, seeds)
+            for future in as_completed(futures):
+                yield (*futures[future], future.result())
+
+    def _pool(self, jobs: int):
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
 
         init = (
             self.setup.dataset,
@@ -328,18 +387,32 @@ class _ModelSource:
             self.setup.fingerprint,
             torch.get_num_threads(),
         )
-        with ProcessPoolExecutor(
-            max_workers=min(self.workers, len(jobs)),
+        return ProcessPoolExecutor(
+            max_workers=min(self.workers, jobs),
             mp_context=multiprocessing.get_context("spawn"),  # fork + torch threads can hang
             initializer=_worker_init,
             initargs=init,
-        ) as pool:
-            futures = {}
-            for job in jobs:
-                args = (self.arch, self.recipe, *job, str(self.device))
-                futures[pool.submit(_worker_train, *args)] = job
-            for future in as_completed(futures):
-                yield futures[future], future.result()
+        )
+
+
+def _group_size(n: int, workers: int) -> int:
+    """Models per batched run: the workers share the models evenly, at most DEFAULT_GROUP."""
+    per_worker = -(-n // max(1, workers))
+    return max(1, min(DEFAULT_GROUP, per_worker))
+
+
+def train_records_batched(
+    setup: DataSetup, arch: str, recipe: Recipe, role: str, seeds: list[int], device
+) -> list[tuple[ModelRecord, nn.Module]]:
+    """:func:`train_record` for several seeds at once (``local_eval.batched``); a record's
+    ``seconds`` is the group's wall time / number of models (amortised)."""
+    data = setup.train if role == "original" else setup.retain
+    results = train_new_models_batched(
+        arch, data, setup.val, recipe, num_classes=setup.num_classes, device=device, seeds=seeds
+    )
+    return [
+        (model_record(r.model, setup, device=device, seconds=r.seconds), r.model) for r in results
+    ]
 
 
 def train_record(setup: DataSetup, arch: str, recipe: Recipe, role: str, seed: int, device):
@@ -370,6 +443,13 @@ def _worker_init(dataset: str, forget: str, seed: int, fingerprint: str, threads
 
 def _worker_train(arch: str, recipe: Recipe, role: str, seed: int, device: str) -> ModelRecord:
     return train_record(_WORKER_SETUP, arch, recipe, role, seed, device)[0]
+
+
+def _worker_train_batched(
+    arch: str, recipe: Recipe, role: str, seeds: list[int], device: str
+) -> list[ModelRecord]:
+    pairs = train_records_batched(_WORKER_SETUP, arch, recipe, role, seeds, device)
+    return [record for record, _ in pairs]
 
 
 # --------------------------------------------------------------------------------------

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -6,8 +7,11 @@ import pytest
 import torch
 
 from local_eval.batched import _summed_loss, epoch_orders, train_new_models_batched
+from local_eval.cache import ModelCache
+from local_eval.cli import main
 from local_eval.data import Split, load_setup, make_loader
 from local_eval.models import build_model
+from local_eval.pipeline import EvalConfig, _group_size, _ModelSource
 from local_eval.signals import accuracy, model_logits
 from local_eval.train import get_recipe, train_new_model
 
@@ -145,3 +149,53 @@ def test_peak_memory_of_a_group_of_16_stays_small():
     before, after = (int(v) / 1024 for v in out.stdout.split()[-2:])  # KiB on Linux
     # one sequential model adds ~170 MB as well (first use of oneDNN and autograd)
     assert after - before < 250, (before, after)  # MB the training adds to torch + data
+
+
+# --------------------------------------------------------------------------------------
+# The pipeline's --trainer batched
+# --------------------------------------------------------------------------------------
+QUICK = ["--n-models", "2", "--epochs", "1", "--threads", "1", "--quiet"]
+
+
+def test_group_sizes_share_the_models_among_workers():
+    assert [_group_size(n, 2) for n in (1, 2, 5, 64)] == [1, 1, 3, 16]
+    assert _group_size(40, 1) == 16
+
+
+def test_batched_models_have_their_own_cache_keys(digits, recipe):
+    def key(trainer):
+        args = (digits, "smallcnn", recipe, "cpu", ModelCache(None), False, 1)
+        return _ModelSource(*args, trainer).key("retrained")
+
+    assert key("batched") != key("sequential")
+    assert key("sequential") == _ModelSource(
+        digits, "smallcnn", recipe, "cpu", ModelCache(None), False, 1
+    ).key("retrained")  # the sequential trainer's cache entries are still found
+
+
+def test_unknown_trainer_and_unbatchable_recipe_are_clean_errors(tmp_path, capsys):
+    with pytest.raises(ValueError, match="trainer must be one of"):
+        EvalConfig(trainer="parallel")
+    code = main(
+        [*QUICK, "--recipe", "cifar_kit", "--trainer", "batched", "--cache-dir", str(tmp_path)]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "sequential trainer" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_evaluation_with_the_batched_trainer_end_to_end(tmp_path, capsys):
+    """Two workers, so the groups also go through the process pool; a second run on the
+    same cache trains nothing."""
+    out = tmp_path / "out"
+    args = [*QUICK, "--trainer", "batched", "--workers", "2", "--cache-dir", str(tmp_path / "c")]
+    code = main([*args, "--method", "finetune", "--out", str(out), "--budget-s", "30"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["trainer"] == "batched"
+    assert report["models_trained"] == {"original": 2, "retrained": 4}
+    assert np.isfinite(report["forget_quality"])
+    code = main([*args, "--method", "finetune", "--out", str(tmp_path / "again")])
+    assert code == 0
+    again = json.loads((tmp_path / "again" / "report.json").read_text())
+    assert again["models_trained"] == {"original": 0, "retrained": 0}
