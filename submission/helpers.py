@@ -13,6 +13,7 @@ from torch import nn
 
 __all__ = [
     "apply_grad_masks",
+    "cross_entropy_step",
     "device_of",
     "frozen_copy",
     "last_linear",
@@ -115,3 +116,22 @@ def penultimate_features(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor,
     finally:
         handle.remove()
     return captured[-1].flatten(1), logits
+
+
+def cross_entropy_step(net: nn.Module, optimizer, *, before_step=None):
+    """A :meth:`~submission.loop.TrainLoop.run` step: cross-entropy on one ``(x, y)`` batch.
+
+    ``before_step`` runs between the backward pass and the optimizer step (gradient masks).
+    """
+
+    def step(batch):
+        x, y = batch
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        if before_step is not None:
+            before_step()
+        optimizer.step()
+        return loss
+
+    return step

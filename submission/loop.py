@@ -230,6 +230,21 @@ class TrainLoop:
                 self._rescale(steps - done)
         return done
 
+    def run_epochs(
+        self,
+        epochs: int,
+        batches: Callable[[], Iterable],
+        step_fn: Callable[..., torch.Tensor | float | None],
+        *,
+        steps: int,
+        schedules: tuple[Schedule, ...] = (),
+    ) -> None:
+        """``epochs`` phases of :meth:`run`, each over fresh ``batches()``, until one is cut."""
+        for _ in range(epochs):
+            if self.stopped:
+                break
+            self.run(batches(), step_fn, steps=steps, schedules=schedules)
+
     def _fits_another(self) -> bool:
         if self.deadline.budget_s is None:
             return True

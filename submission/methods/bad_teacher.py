@@ -56,10 +56,11 @@ def bad_teacher(
         return loss
 
     net.train()
-    for _ in range(epochs):
-        # A shuffling retain loader makes the first n_retain batches a fresh random subset.
-        batches = mixed_batches(retain, forget, device, n_retain=n_retain, n_forget=n_forget)
-        loop.run(batches, step, steps=per_epoch)
-        if loop.stopped:
-            break
+    # A shuffling retain loader makes the first n_retain batches a fresh random subset.
+    loop.run_epochs(
+        epochs,
+        lambda: mixed_batches(retain, forget, device, n_retain=n_retain, n_forget=n_forget),
+        step,
+        steps=per_epoch,
+    )
     return net.eval()

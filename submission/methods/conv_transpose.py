@@ -11,11 +11,10 @@ SGD lr 1e-2 (every conv feature is scrambled), momentum 0.9, weight decay 5e-4, 
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..batches import count_batches, device_batches
-from ..helpers import device_of, layers_of_type
+from ..helpers import cross_entropy_step, device_of, layers_of_type
 from ..loop import Deadline, Schedule, TrainLoop, cosine
 from ..registry import register
 
@@ -55,17 +54,10 @@ def conv_transpose(
     )
     schedule = Schedule(optimizer, cosine, planned_steps=epochs * n_retain)
 
-    def step(batch):
-        x, y = batch
-        optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(net(x), y)
-        loss.backward()
-        optimizer.step()
-        return loss
+    step = cross_entropy_step(net, optimizer)
 
     net.train()
-    for _ in range(epochs):
-        if loop.stopped:
-            break
-        loop.run(device_batches(retain, device), step, steps=n_retain, schedules=(schedule,))
+    loop.run_epochs(
+        epochs, lambda: device_batches(retain, device), step, steps=n_retain, schedules=(schedule,)
+    )
     return net.eval()

@@ -6,10 +6,9 @@ making progress in unlearning?"): cross-entropy on retain, 1 epoch, SGD lr 1e-3,
 """
 
 import torch
-import torch.nn.functional as F
 
 from ..batches import count_batches, device_batches
-from ..helpers import device_of
+from ..helpers import cross_entropy_step, device_of
 from ..loop import Deadline, Schedule, TrainLoop, cosine
 from ..registry import register
 
@@ -36,17 +35,10 @@ def finetune(
     schedule = Schedule(optimizer, cosine, planned_steps=epochs * n_retain)
     loop = TrainLoop(deadline, planned_steps=epochs * n_retain, device=device)
 
-    def step(batch):
-        x, y = batch
-        optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(net(x), y)
-        loss.backward()
-        optimizer.step()
-        return loss
+    step = cross_entropy_step(net, optimizer)
 
     net.train()
-    for _ in range(epochs):
-        loop.run(device_batches(retain, device), step, steps=n_retain, schedules=(schedule,))
-        if loop.stopped:
-            break
+    loop.run_epochs(
+        epochs, lambda: device_batches(retain, device), step, steps=n_retain, schedules=(schedule,)
+    )
     return net.eval()

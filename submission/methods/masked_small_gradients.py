@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..batches import count_batches, cycle_batches, device_batches
-from ..helpers import apply_grad_masks, device_of, layers_of_type
+from ..helpers import apply_grad_masks, cross_entropy_step, device_of, layers_of_type
 from ..loop import Deadline, Schedule, TrainLoop, warmup_linear
 from ..registry import register
 
@@ -89,18 +89,12 @@ def masked_small_gradients(
     )
     schedule = Schedule(optimizer, warmup_linear(warmup), planned_steps=epochs * n_retain)
 
-    def step(batch):
-        x, y = batch
-        optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(net(x), y)
-        loss.backward()
-        apply_grad_masks(masks, weight_decay=weight_decay)
-        optimizer.step()
-        return loss
+    step = cross_entropy_step(
+        net, optimizer, before_step=lambda: apply_grad_masks(masks, weight_decay=weight_decay)
+    )
 
     net.train()
-    for _ in range(epochs):
-        if loop.stopped:
-            break
-        loop.run(device_batches(retain, device), step, steps=n_retain, schedules=(schedule,))
+    loop.run_epochs(
+        epochs, lambda: device_batches(retain, device), step, steps=n_retain, schedules=(schedule,)
+    )
     return net.eval()

@@ -49,9 +49,11 @@ def neggrad_plus(
         return loss
 
     net.train()
-    for _ in range(epochs):
-        batches = zip(device_batches(retain, device), forget_batches, strict=False)
-        loop.run(batches, step, steps=n_retain, schedules=(schedule,))
-        if loop.stopped:
-            break
+    loop.run_epochs(
+        epochs,
+        lambda: zip(device_batches(retain, device), forget_batches, strict=False),
+        step,
+        steps=n_retain,
+        schedules=(schedule,),
+    )
     return net.eval()

@@ -15,11 +15,10 @@ epochs. Frozen layers get no gradient, hence no momentum or decay step.
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..batches import count_batches, device_batches
-from ..helpers import device_of, last_linear, layers_of_type
+from ..helpers import cross_entropy_step, device_of, last_linear, layers_of_type
 from ..loop import Deadline, Schedule, TrainLoop, cosine
 from ..registry import register
 
@@ -74,13 +73,7 @@ def noise_injection(
     schedule = Schedule(optimizer, cosine, planned_steps=epochs * n_retain)
     trainable = {p: p.requires_grad for p in net.parameters()}
 
-    def step(batch):
-        x, y = batch
-        optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(net(x), y)
-        loss.backward()
-        optimizer.step()
-        return loss
+    step = cross_entropy_step(net, optimizer)
 
     net.train()
     try:

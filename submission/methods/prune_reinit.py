@@ -84,8 +84,7 @@ def prune_reinit(
         return loss
 
     net.train()
-    for _ in range(epochs):
-        if loop.stopped:
-            break
-        loop.run(device_batches(retain, device), step, steps=n_retain, schedules=(schedule,))
+    loop.run_epochs(
+        epochs, lambda: device_batches(retain, device), step, steps=n_retain, schedules=(schedule,)
+    )
     return net.eval()

@@ -64,9 +64,11 @@ def random_label(
     step = relabelled_step(net, optimizer)
 
     net.train()
-    for _ in range(epochs):
-        batches = mixed_batches(retain, forget, device, n_retain=n_retain, n_forget=n_forget)
-        loop.run(batches, step, steps=per_epoch, schedules=(schedule,))
-        if loop.stopped:
-            break
+    loop.run_epochs(
+        epochs,
+        lambda: mixed_batches(retain, forget, device, n_retain=n_retain, n_forget=n_forget),
+        step,
+        steps=per_epoch,
+        schedules=(schedule,),
+    )
     return net.eval()

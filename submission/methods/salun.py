@@ -73,9 +73,11 @@ def salun(
         net, optimizer, before_step=lambda: apply_grad_masks(masks, weight_decay=weight_decay)
     )
     net.train()
-    for _ in range(epochs):
-        if loop.stopped:
-            break
-        batches = mixed_batches(retain, forget, device, n_retain=n_retain, n_forget=n_forget)
-        loop.run(batches, step, steps=per_epoch, schedules=(schedule,))
+    loop.run_epochs(
+        epochs,
+        lambda: mixed_batches(retain, forget, device, n_retain=n_retain, n_forget=n_forget),
+        step,
+        steps=per_epoch,
+        schedules=(schedule,),
+    )
     return net.eval()

@@ -119,3 +119,22 @@ def test_cross_entropy_golden_for_reference():
     assert F.cross_entropy(torch.zeros(3, 10), torch.tensor([1, 2, 3])).item() == pytest.approx(
         math.log(10)
     )
+
+
+def test_cross_entropy_step_runs_the_hook_between_backward_and_step():
+    from submission.helpers import cross_entropy_step
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    grads_at_hook = []
+    step = cross_entropy_step(
+        net, optimizer, before_step=lambda: grads_at_hook.append(net.weight.grad.clone())
+    )
+    x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    before = net.weight.detach().clone()
+    expected = torch.nn.functional.cross_entropy(net(x), y)
+    loss = step((x, y))
+    assert loss.item() == pytest.approx(expected.item())
+    assert len(grads_at_hook) == 1 and grads_at_hook[0].abs().sum() > 0
+    torch.testing.assert_close(net.weight.detach(), before - 0.1 * grads_at_hook[0])

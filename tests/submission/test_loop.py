@@ -96,3 +96,20 @@ def test_timings_are_recorded_per_phase():
     # Outside the block nothing is recorded.
     TrainLoop(Deadline(None), planned_steps=4).run(range(4), lambda b: None, steps=4)
     assert timings.steps == 4
+
+
+def test_run_epochs_gives_each_epoch_fresh_batches_and_stops_once_cut():
+    seen = []
+    loop = TrainLoop(Deadline(None), planned_steps=9)
+    loop.run_epochs(3, lambda: iter(range(3)), seen.append, steps=3)
+    assert seen == [0, 1, 2] * 3
+
+    started = []
+
+    def batches():
+        started.append(len(started))
+        return iter(range(100))
+
+    cut = TrainLoop(Deadline(0.3), planned_steps=1, probe_steps=100)  # backstop only
+    cut.run_epochs(5, batches, lambda b: time.sleep(0.05), steps=100)
+    assert cut.stopped and started == [0]  # the first epoch was cut; no later one started
