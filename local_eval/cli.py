@@ -162,12 +162,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def evaluate(args: argparse.Namespace) -> int:
-    from .loading import load_unlearning
-    from .pipeline import EvalConfig, run_evaluation
+def eval_config(args: argparse.Namespace):
+    """The :class:`~local_eval.pipeline.EvalConfig` a command line describes (evaluate and
+    leaderboard share it; options a subcommand lacks keep the config's defaults)."""
+    from .pipeline import EvalConfig
 
     overrides = {f: getattr(args, f) for f in RECIPE_FIELDS if getattr(args, f) is not None}
-    config = EvalConfig(
+    optional = {k: getattr(args, k) for k in ("threads", "trainer") if hasattr(args, k)}
+    return EvalConfig(
         dataset=args.dataset,
         forget=args.forget,
         arch=args.arch,
@@ -178,9 +180,15 @@ def evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         budget_s=args.budget_s,
         workers=args.workers,
-        threads=args.threads,
-        trainer=args.trainer,
+        **optional,
     )
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from .loading import load_unlearning
+    from .pipeline import run_evaluation
+
+    config = eval_config(args)
     method = load_unlearning(method=args.method, submission=args.submission, notebook=args.notebook)
     if not args.quiet:
         for note in method.notes:

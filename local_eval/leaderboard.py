@@ -508,24 +508,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     import submission
 
     from .cache import ModelCache, default_cache_dir
-    from .cli import RECIPE_FIELDS, run_timeout
-    from .pipeline import EvalConfig
+    from .cli import eval_config, run_timeout
     from .report import versions
 
     names = choose_methods(args.methods)
-    overrides = {f: getattr(args, f) for f in RECIPE_FIELDS if getattr(args, f) is not None}
-    config = EvalConfig(
-        dataset=args.dataset,
-        forget=args.forget,
-        arch=args.arch,
-        recipe=args.recipe,
-        recipe_overrides=overrides,
-        n_models=args.n_models,
-        device=args.device,
-        seed=args.seed,
-        budget_s=args.budget_s,
-        workers=args.workers,
-    )
+    config = eval_config(args)
     out = args.out or _default_out(args.dataset)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")

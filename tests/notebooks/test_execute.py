@@ -94,13 +94,13 @@ def test_mock_input_writes_only_an_empty_zip(execute, mock_dir, tmp_path):
     assert not tmp.exists()
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal to run without a GPU")
 def test_refuses_cpu_unless_allowed(execute, mock_dir, tmp_path):
     from nbclient.exceptions import CellExecutionError
 
     work, tmp = _dirs(tmp_path)
     env = _env(mock_dir, work, tmp, 1)
     env["UNLEARN_ALLOW_CPU"] = "0"
+    env["CUDA_VISIBLE_DEVICES"] = ""  # the kernel sees no GPU, also on a machine that has one
     with pytest.raises(CellExecutionError, match="No GPU found"):
         execute(build_kaggle_notebook(method="finetune"), tmp_path, **env)
     assert not (work / "submission.zip").exists()
