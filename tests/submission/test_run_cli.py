@@ -124,8 +124,17 @@ def test_resume_after_sigkill_ends_with_exactly_n_valid_checkpoints(original, tm
 @pytest.mark.slow
 def test_budget_stops_before_a_run_that_cannot_finish_then_resumes(original, tmp_path):
     out = tmp_path / "out"
-    # 20 runs of up to 0.5 s cannot fit 6 s (the warm-up, about 2 s on CPU, counts too).
-    base = command(original, out, "--method", "scrub", "--n", "20", "--budget-s", "0.5")
+    # A submission that spends 0.45 s a run whatever the machine (a real method can finish
+    # early on a quiet CPU): 20 runs cannot fit 6 s (the warm-up, ~2 s on CPU, counts too).
+    slow = tmp_path / "slow.py"
+    slow.write_text(
+        "import time\n\n\n"
+        "def unlearning(net, retain, forget, val, *, budget_s=None):\n"
+        "    time.sleep(0.45)\n"
+        "    next(net.parameters()).data.add_(0.01)  # a change, as real unlearning makes\n"
+        "    return net.eval()\n"
+    )
+    base = command(original, out, "--submission", str(slow), "--n", "20", "--budget-s", "0.5")
     result = run_cli(*base, "--budget-h", str(6 / 3600))
     assert result.returncode == 3, result.stderr
     assert "warning: 20 runs of up to 0.5 s need up to 10 s, over the 6 s budget" in result.stderr
