@@ -142,17 +142,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from submission.run import RunTimeout
 
+    return reporting_errors(lambda: evaluate(args), debug=args.debug, also=(RunTimeout,))
+
+
+def reporting_errors(command, *, debug: bool, also: tuple[type[BaseException], ...] = ()) -> int:
+    """``command()``'s exit code; a user's mistake (:data:`USER_ERRORS`, or ``also``) becomes
+    one ``error:`` line and exit 2, anything else one line and exit 1; ``debug`` re-raises."""
     try:
-        return evaluate(args)
-    except RunTimeout as exc:
-        if args.debug:
+        return command()
+    except (Exception, *also) as exc:
+        if debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:
-        if args.debug:
-            raise
-        if isinstance(exc, USER_ERRORS):
+        if isinstance(exc, (*USER_ERRORS, *also)):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         print(

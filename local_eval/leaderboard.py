@@ -485,23 +485,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import USER_ERRORS
+    from .cli import reporting_errors
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    try:
-        return run(args, argv)
-    except Exception as exc:
-        if args.debug:
-            raise
-        if isinstance(exc, USER_ERRORS):
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        print(
-            f"error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)",
-            file=sys.stderr,
-        )
-        return 1
+    return reporting_errors(lambda: run(args, argv), debug=args.debug)
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
