@@ -29,6 +29,7 @@ __all__ = [
     "TrainLoop",
     "constant",
     "cosine",
+    "one_cycle",
     "record_timings",
     "warm_up",
     "warmup_linear",
@@ -101,6 +102,21 @@ def constant(progress: float) -> float:
 def cosine(progress: float) -> float:
     """Cosine decay from 1 to 0 (``CosineAnnealingLR`` over the run)."""
     return 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+
+
+def one_cycle(warmup: float = 0.25, start: float = 0.04) -> Callable[[float], float]:
+    """Linear warm-up from ``start`` to 1 over the first ``warmup`` fraction, then cosine to 0
+    (the shape of ``OneCycleLR`` with linear annealing up, cosine down)."""
+    if not 0.0 < warmup < 1.0:
+        raise ValueError(f"warmup must be a fraction in (0, 1), got {warmup}")
+
+    def shape(progress: float) -> float:
+        progress = min(max(progress, 0.0), 1.0)
+        if progress < warmup:
+            return start + (1.0 - start) * progress / warmup
+        return cosine((progress - warmup) / (1.0 - warmup))
+
+    return shape
 
 
 def warmup_linear(warmup: float = 0.1) -> Callable[[float], float]:

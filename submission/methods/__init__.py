@@ -17,6 +17,7 @@ from . import (  # noqa: F401  (imported for their @register side effect)
     reset_distill,
     salun,
     scrub,
+    shrink_perturb,
     ssd,
     svd_projection,
 )

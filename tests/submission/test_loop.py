@@ -4,7 +4,15 @@ import time
 import pytest
 import torch
 
-from submission.loop import Deadline, Schedule, TrainLoop, cosine, record_timings, warmup_linear
+from submission.loop import (
+    Deadline,
+    Schedule,
+    TrainLoop,
+    cosine,
+    one_cycle,
+    record_timings,
+    warmup_linear,
+)
 
 
 class FakeClock:
@@ -35,6 +43,18 @@ def test_cosine_and_warmup_shapes():
     shape = warmup_linear(0.2)
     assert shape(0.0) < 0.01 and shape(0.2) == pytest.approx(1) and shape(0.6) == pytest.approx(0.5)
     assert shape(1.0) == 0
+
+
+def test_one_cycle_warms_up_linearly_then_decays_by_cosine():
+    shape = one_cycle(0.25, start=0.04)
+    assert shape(0.0) == pytest.approx(0.04)
+    assert shape(0.125) == pytest.approx(0.52)  # half-way up: 0.04 + 0.96 / 2
+    assert shape(0.25) == pytest.approx(1.0)
+    assert shape(0.625) == pytest.approx(0.5)  # half-way down the cosine
+    assert shape(1.0) == pytest.approx(0.0) and shape(2.0) == pytest.approx(0.0)
+    for bad in (0.0, 1.0, -0.1):
+        with pytest.raises(ValueError, match="warmup"):
+            one_cycle(bad)
 
 
 def test_schedule_runs_its_whole_shape_over_the_shortened_run():

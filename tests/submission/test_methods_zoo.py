@@ -25,6 +25,7 @@ from submission.methods.fisher_forgetting import (
 )
 from submission.methods.forget_contrast import kl_to_uniform, output_contrast
 from submission.methods.prune_reinit import reinit_smallest
+from submission.methods.shrink_perturb import shrink_and_perturb
 from submission.methods.svd_projection import forget_projection, scaled_projector
 
 from .conftest import make_data, make_loader, make_net
@@ -290,3 +291,68 @@ def test_forget_free_never_reads_the_forget_set(tiny_setup):
     METHODS["forget_free"](net, retain, Untouchable(), val)
     pairs = zip(net.parameters(), original.parameters(), strict=True)
     assert any(not torch.equal(a, b) for a, b in pairs)
+
+
+# --- shrink_perturb ----------------------------------------------------------------------
+
+
+def test_shrink_and_perturb_mixes_each_layer_with_its_own_fresh_initialisation():
+    net, by_hand = make_net(0), make_net(0)
+    before = copy.deepcopy(net.state_dict())
+    torch.manual_seed(7)
+    shrink_and_perturb(net, shrink=0.8, perturb=0.5)
+    # The same draws, made by hand: each conv/linear layer re-initialised, in module order.
+    torch.manual_seed(7)
+    expected = {}
+    for name, m in by_hand.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            m.reset_parameters()
+            for p in ("weight", "bias"):
+                if getattr(m, p) is not None:
+                    key = f"{name}.{p}"
+                    expected[key] = 0.8 * before[key] + 0.5 * getattr(m, p).detach()
+    after = net.state_dict()
+    assert expected, "the test net has conv and linear layers"
+    for key, value in after.items():
+        if key in expected:
+            torch.testing.assert_close(value, expected[key], rtol=0, atol=1e-6)
+        else:  # BatchNorm parameters and running statistics are kept
+            assert torch.equal(value, before[key]), key
+
+
+def test_shrink_and_perturb_noise_follows_each_layers_initialisation_scale():
+    # perturb only (shrink 1): the change of a layer has the spread of its default init,
+    # e.g. kaiming-uniform bound 1/sqrt(fan_in) for the classifier
+    torch.manual_seed(0)
+    layer = nn.Linear(400, 10)
+    w = layer.weight.detach().clone()
+    net = nn.Sequential(layer)
+    shrink_and_perturb(net, shrink=1.0, perturb=1.0)
+    delta = layer.weight.detach() - w
+    bound = 1 / math.sqrt(400)
+    assert delta.abs().max() <= bound + 1e-7
+    assert delta.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)
+
+
+def test_shrink_perturb_runs_differ_by_seed_and_repeat_with_the_same_seed():
+    images, labels = make_data(64, seed=1)
+
+    def run(seed):
+        loader = make_loader(images, labels, form="tuple", batch_size=16)  # same order each run
+        net = make_net(0)
+        seed_everything(seed)
+        METHODS["shrink_perturb"](net, loader, loader, loader, epochs=1)
+        return torch.cat([p.detach().flatten() for p in net.parameters()])
+
+    assert torch.equal(run(3), run(3))
+    assert not torch.allclose(run(3), run(4))
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"shrink": 1.5}, {"perturb": -0.1}, {"shrink": 1.0, "perturb": 0.0}]
+)
+def test_shrink_perturb_refuses_bad_settings(kwargs):
+    images, labels = make_data(16, seed=1)
+    loader = make_loader(images, labels, form="tuple", batch_size=8)
+    with pytest.raises(ValueError, match="shrink"):
+        METHODS["shrink_perturb"](make_net(0), loader, loader, loader, **kwargs)
