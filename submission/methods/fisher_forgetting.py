@@ -145,7 +145,9 @@ def fisher_forgetting(
     used = round(fisher.samples, 2)
     if batches < n_retain or (max_samples is not None and used < n_retain * batch_size):
         warnings.warn(
-            f"fisher_forgetting: Fisher estimated on {used:g} retain samples ({batches} of "
+            # Pairs, not samples: a chunk can end part-way through one sample's classes.
+            f"fisher_forgetting: Fisher estimated on {fisher.pairs} (sample, class) pairs, "
+            f"{used:g} retain samples' worth ({batches} of "
             f"{n_retain} batches, {steps} gradient chunks; budget_s={budget_s}, "
             f"max_samples={max_samples})",
             FisherSubsampleWarning,
