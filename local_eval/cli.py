@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import itertools
 import os
 import re
 import shutil
@@ -46,6 +45,8 @@ __all__ = ["build_parser", "main"]
 
 USER_ERRORS = (ValueError, OSError)  # clear messages of our own checks, missing files
 RECIPE_FIELDS = ("epochs", "lr", "batch_size", "weight_decay")
+# EvalConfig fields only some commands have options for (the others keep the defaults)
+OPTIONAL_CONFIG = ("threads", "trainer", "backend", "ray_address", "gpus_per_task")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how reference models are trained: one at a time (default) or in vectorised "
         "groups (local_eval.batched; recipes without augmentation only)",
     )
+    add_backend_options(run)
     run.add_argument("--out", type=Path, help="output folder (default runs/<time>-...)")
     run.add_argument(
         "--cache-dir",
@@ -127,6 +129,30 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bars, summary only")
     run.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     return p
+
+
+def add_backend_options(group) -> None:
+    from .backends import BACKENDS
+
+    group.add_argument(
+        "--backend",
+        choices=tuple(BACKENDS),
+        default="local",
+        help="where the models are trained and the submission runs: local (default: this "
+        "process and --workers processes) or ray (Ray tasks on a cluster or a local "
+        "instance; pip install -r requirements-ray.txt)",
+    )
+    group.add_argument(
+        "--ray-address",
+        help="--backend ray: the cluster to join (e.g. auto, ray://head:10001; default: "
+        "start a local instance)",
+    )
+    group.add_argument(
+        "--gpus-per-task",
+        type=float,
+        help="--backend ray on GPUs: the share of a GPU each job takes (default 1; 0.25 runs "
+        "four small models per GPU)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,7 +195,7 @@ def eval_config(args: argparse.Namespace):
     from .pipeline import EvalConfig
 
     overrides = {f: getattr(args, f) for f in RECIPE_FIELDS if getattr(args, f) is not None}
-    optional = {k: getattr(args, k) for k in ("threads", "trainer") if hasattr(args, k)}
+    optional = {k: getattr(args, k) for k in OPTIONAL_CONFIG if hasattr(args, k)}
     return EvalConfig(
         dataset=args.dataset,
         forget=args.forget,
@@ -272,15 +298,13 @@ def with_time_limit(method, limit_s: float | None):
         return method
     from submission.run import time_limit
 
-    calls = itertools.count(1)
     fn = method.fn
+    message = (  # the pipeline puts which run in front
+        f"was still going after {limit_s:g} s (--run-timeout-s): it looks hung; "
+        "make it honour budget_s, or raise --run-timeout-s"
+    )
 
     def limited(*args, **kwargs):
-        what = f"unlearning run {next(calls)}"
-        message = (
-            f"{what} was still going after {limit_s:g} s (--run-timeout-s): it looks hung; "
-            "make it honour budget_s, or raise --run-timeout-s"
-        )
         with time_limit(limit_s, message):
             return fn(*args, **kwargs)
 
@@ -313,18 +337,19 @@ def write_outputs(result, out: Path, cache_root: Path | None) -> list[Path]:
 
 def _context(result, cache_root: Path | None) -> dict:
     cfg = result.config
-    setup = result.setup.describe()
+    setup = result.data
+    shards = f", {result.shards} shards merged" if result.shards > 1 else ""
     title = (
         f"Local evaluation: {cfg.dataset}, forget {setup['forget']} "
         f"({setup['sizes']['forget']} examples), {result.arch} / {result.recipe.name}, "
-        f"N = {cfg.n_models}, {result.method.source}, on {result.device}"
+        f"N = {cfg.n_models}, {result.method['source']}, on {result.device}{shards}"
     )
     return {
         "title": title,
         "config": {**asdict(cfg), "recipe_overrides": dict(cfg.recipe_overrides)},
         "method": {
-            "source": result.method.source,
-            "notes": list(result.method.notes),
+            "source": result.method["source"],
+            "notes": list(result.method["notes"]),
             "budget_s": cfg.budget_s,
             "runs_over_budget": (
                 None
@@ -338,6 +363,7 @@ def _context(result, cache_root: Path | None) -> dict:
         "device": result.device,
         "stage_seconds": dict(result.stage_seconds),
         "models_trained": dict(result.trained),
+        "shards": result.shards,
         "cache_dir": None if cache_root is None else str(cache_root),
     }
 

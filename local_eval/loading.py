@@ -61,6 +61,32 @@ class LoadedMethod:
             return self.fn(net, retain, forget, val, budget_s=budget_s)
         return self.fn(net, retain, forget, val)
 
+    def describe(self) -> dict:
+        """Where it came from and what defines it (JSON-able, for reports and shards)."""
+        return {"source": self.source, "notes": list(self.notes), "identity": self.identity()}
+
+    def identity(self) -> dict:
+        """What defines the function wherever its file lies: the kind of source, the method
+        or file name, and a sha256 of its code (a kit method: every ``submission`` module,
+        its helpers included; a file or a notebook: its bytes; else the function's source).
+        Machines that split an evaluation compare it, so they must run the same code."""
+        kind, _, where = self.source.partition(":")
+        if kind in ("file", "notebook"):
+            path = Path(where)
+            return {"kind": kind, "name": path.name, "code_sha256": _sha256_files([path])}
+        if kind in ("method", "default"):
+            import submission
+
+            files = sorted(Path(submission.__file__).parent.rglob("*.py"))
+            root = Path(submission.__file__).parent
+            return {"kind": kind, "name": where, "code_sha256": _sha256_files(files, root)}
+        try:
+            code = inspect.getsource(self.fn)
+        except (OSError, TypeError):
+            code = repr(self.fn)
+        digest = hashlib.sha256(code.encode()).hexdigest()
+        return {"kind": kind, "name": where, "code_sha256": digest}
+
 
 def load_unlearning(
     *,
@@ -92,6 +118,15 @@ def load_unlearning(
 
         fn, source = kit.unlearning, f"default:{kit.DEFAULT_METHOD}"
     return LoadedMethod(fn, source, _accepts_budget(fn), notes)
+
+
+def _sha256_files(paths: list[Path], root: Path | None = None) -> str:
+    """sha256 over the files' names (relative to ``root``) and bytes."""
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(str(path.relative_to(root) if root else path.name).encode() + b"\0")
+        h.update(path.read_bytes())
+    return h.hexdigest()
 
 
 def _accepts_budget(fn: Callable) -> bool:
