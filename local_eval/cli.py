@@ -49,11 +49,15 @@ RECIPE_FIELDS = ("epochs", "lr", "batch_size", "weight_decay")
 OPTIONAL_CONFIG = ("threads", "trainer", "backend", "ray_address", "gpus_per_task")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(
+    prog: str = "python -m local_eval", description: str | None = None
+) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m local_eval",
-        description="Evaluate an unlearning submission locally with the competition's score. "
-        "'python -m local_eval score --help' re-scores saved confidences.",
+        prog=prog,
+        description=description
+        or "Evaluate an unlearning submission locally with the competition's score. "
+        "'python -m local_eval score --help' re-scores saved confidences; 'shard', 'merge' "
+        "and 'prepare' split an evaluation over machines (see their --help).",
     )
     data = p.add_argument_group("data and models")
     data.add_argument(
@@ -165,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         from .leaderboard import main as leaderboard_main
 
         return leaderboard_main(argv[1:])
+    if argv[:1] and argv[0] in ("shard", "merge", "prepare"):
+        from .shard_cli import COMMANDS
+
+        return COMMANDS[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
     from submission.run import RunTimeout
 
@@ -212,28 +220,39 @@ def eval_config(args: argparse.Namespace):
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from .loading import load_unlearning
     from .pipeline import run_evaluation
+
+    config, method, cache_root = evaluation_inputs(args)
+    out = args.out or default_out_dir(config.dataset, method.source)
+    check_out(out)
+    with out_lock(out):
+        result = run_evaluation(
+            config, method, cache=ModelCache(cache_root), progress=not args.quiet
+        )
+        files = write_outputs(result, out, cache_root)
+    show_report(files, out)
+    return 0
+
+
+def show_report(files: list[Path], out: Path) -> None:
+    """The summary of a written report, and what was written."""
+    print(Path(files[0]).parent.joinpath("summary.txt").read_text(), end="")
+    print(f"\nwritten to {out}/: " + ", ".join(Path(f).name for f in files))
+
+
+def evaluation_inputs(args: argparse.Namespace):
+    """``(config, method, cache root)`` of a command line that evaluates a submission
+    (evaluate, shard): the method loaded (its notes shown) and given its run time limit."""
+    from .loading import load_unlearning
 
     config = eval_config(args)
     method = load_unlearning(method=args.method, submission=args.submission, notebook=args.notebook)
     if not args.quiet:
         for note in method.notes:
             print(f"note: {note}", file=sys.stderr)
-    out = args.out or default_out_dir(config.dataset, method.source)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
-    check_out(out)
     method = with_time_limit(method, run_timeout(args))
     cache_root = None if args.no_cache else (args.cache_dir or default_cache_dir())
-    with out_lock(out):
-        result = run_evaluation(
-            config, method, cache=ModelCache(cache_root), progress=not args.quiet
-        )
-        files = write_outputs(result, out, cache_root)
-    print(Path(files[0]).parent.joinpath("summary.txt").read_text(), end="")
-    print(f"\nwritten to {out}/: " + ", ".join(Path(f).name for f in files))
-    return 0
+    return config, method, cache_root
 
 
 def check_out(out: Path) -> None:

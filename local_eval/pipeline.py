@@ -52,6 +52,7 @@ __all__ = [
     "SubmissionError",
     "combine",
     "model_seed",
+    "prepare_original",
     "resolve_device",
     "resolve_threads",
     "resolve_workers",
@@ -187,23 +188,7 @@ def run_shard(
 ) -> ShardResult:
     """The records of ``shard``'s jobs (:mod:`local_eval.jobs`), nothing else."""
     stages: dict[str, float] = {}
-    with _stage(stages, "data"):
-        setup = load_setup(config.dataset, forget=config.forget, seed=config.seed)
-        arch, recipe = _arch_and_recipe(config, setup)
-    where = {
-        "device": config.device,
-        "workers": config.workers,
-        "threads": config.threads,
-        "ray_address": config.ray_address,
-        "gpus_per_task": config.gpus_per_task,
-    }
-    with (
-        open_backend(config.backend, setup=setup, **where) as backend,
-        _cpu_threads(backend.device, backend.threads),
-    ):
-        from submission.loop import warm_up
-
-        warm_up()  # torch's one-off lazy imports must not count against the first timed run
+    with _opened(config, stages) as (setup, arch, recipe, backend):
         models = _ModelSource(setup, arch, recipe, cache, backend, progress, config.trainer)
         jobs = shard.select(evaluation_jobs(config.n_models))
         wanted = {role: [job.index for job in jobs if job.role == role] for role in ROLES}
@@ -240,6 +225,40 @@ def run_shard(
         stage_seconds=stages,
         trained=models.trained,
     )
+
+
+def prepare_original(
+    config: EvalConfig, *, cache: ModelCache, progress: bool = True
+) -> tuple[str, bool]:
+    """Make sure ``cache`` holds the original model of ``config``'s setup (the one every
+    shard's unlearning runs start from); returns its weights' sha256 and whether it was
+    trained now (else it was found)."""
+    with _opened(config, {}) as (setup, arch, recipe, backend):
+        models = _ModelSource(setup, arch, recipe, cache, backend, progress, config.trainer)
+        return digest_tensors(models.original_weights()), models.trained["original"] > 0
+
+
+@contextlib.contextmanager
+def _opened(config: EvalConfig, stages: dict[str, float]):
+    """The data, architecture and recipe of ``config``, and its backend, open for work."""
+    with _stage(stages, "data"):
+        setup = load_setup(config.dataset, forget=config.forget, seed=config.seed)
+        arch, recipe = _arch_and_recipe(config, setup)
+    where = {
+        "device": config.device,
+        "workers": config.workers,
+        "threads": config.threads,
+        "ray_address": config.ray_address,
+        "gpus_per_task": config.gpus_per_task,
+    }
+    with (
+        open_backend(config.backend, setup=setup, **where) as backend,
+        _cpu_threads(backend.device, backend.threads),
+    ):
+        from submission.loop import warm_up
+
+        warm_up()  # torch's one-off lazy imports must not count against the first timed run
+        yield setup, arch, recipe, backend
 
 
 def combine(parts: Sequence[ShardResult]) -> EvalResult:
