@@ -42,9 +42,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["LoadedMethod", "load_unlearning", "notebook_definitions"]
+__all__ = ["USER_MODULE_PREFIX", "LoadedMethod", "load_unlearning", "notebook_definitions"]
 
 ENTRY_POINT = "unlearning"
+USER_MODULE_PREFIX = "_user_"  # the modules of a --submission file or notebook's definitions
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ def _from_file(path: Path) -> Callable:
     if path.suffix != ".py":
         raise ValueError(f"submission file must be a .py file (use --notebook for .ipynb): {path}")
     digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
-    spec = importlib.util.spec_from_file_location(f"_user_submission_{digest}", path)
+    spec = importlib.util.spec_from_file_location(f"{USER_MODULE_PREFIX}submission_{digest}", path)
     module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(path.parent.resolve()))  # so the file can import its neighbours
     try:
@@ -200,7 +201,7 @@ def notebook_definitions(path: Path) -> tuple[dict, tuple[str, ...]]:
     # a real, registered module: dataclasses, pickling and typing look classes up through
     # sys.modules[cls.__module__]
     digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
-    module = types.ModuleType(f"_user_notebook_{digest}")
+    module = types.ModuleType(f"{USER_MODULE_PREFIX}notebook_{digest}")
     module.__file__ = str(path)
     sys.modules[module.__name__] = module
     namespace = vars(module)
