@@ -391,6 +391,12 @@ CASES = [
          "cannot load --data 'imagenet'"),
     Case("run-forget", "run", run("--method", "finetune", "--forget", "random:2"),
          "fraction must be in (0, 1)"),
+    Case("run-shard-text", "run", run("--method", "finetune", "--shard", "a/b"),
+         "--shard 'a/b': expected i/K"),
+    Case("run-shard-2-of-2", "run", run("--method", "finetune", "--shard", "2/2"),
+         "--shard 2/2: needs 0 <= i < K"),
+    Case("run-shard-zip", "run", run("--method", "finetune", "--shard", "0/2", "--zip"),
+         "--zip needs all N checkpoints in one folder"),
     # --- python -m submission.run: the original model
     Case("run-orig-missing", "run", run("--method", "finetune", original=f("none.pth")),
          "original model not found"),
