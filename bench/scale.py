@@ -1,6 +1,6 @@
 """Benchmark: what an evaluation at N = 512 costs, measured through the shard mechanism.
 
-    python -m bench.scale [--n-models 512] [--shards 64] [--method NAME]
+    python -m bench.scale [--n-models 512] [--shards 64] [--method NAME (default: the kit's)]
 
 Training the 4N = 2048 jobs of N = 512 takes long on a small CPU, so this measures what it
 can and says how the rest scales, all in one run:
@@ -87,7 +87,10 @@ def synthetic_shards(real: Path, n_models: int, count: int, root: Path) -> list[
     return [f.parent for f in folders]
 
 
-def run(*, n_models: int = 512, shards: int = 64, method: str = "salun") -> dict:
+def run(*, n_models: int = 512, shards: int = 64, method: str | None = None) -> dict:
+    import submission
+
+    method = method or submission.DEFAULT_METHOD
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as name:
         tmp = Path(name)
         common = ["--n-models", str(n_models), "--method", method, "--workers", "1",
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__)
     parser.add_argument("--n-models", type=int, default=512)
     parser.add_argument("--shards", type=int, default=64, help="K (the real shard is 0/K)")
-    parser.add_argument("--method", default="salun")
+    parser.add_argument("--method", default=None, help="default: the kit's default method")
     args = parser.parse_args(argv)
     res = run(n_models=args.n_models, shards=args.shards, method=args.method)
     n, big, small = res["n_models"], res["merge"][res["n_models"]], res["merge"][32]
