@@ -10,12 +10,13 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from bench import batched_training, evaluator, metric
+from bench import batched_training, evaluator, metric, scale
 
 SIZES = {  # (full, quick)
     "metric": ({"n_models": 512, "n_examples": 1000}, {"n_models": 64, "n_examples": 200}),
     "evaluator": ({"n_models": 32}, {"n_models": 2}),
     "batched_training": ({"models": 32}, {"models": 4, "group": 4, "epochs": 2}),
+    "scale": ({"n_models": 512, "shards": 64}, {"n_models": 48, "shards": 24}),
 }
 
 
@@ -58,7 +59,27 @@ def run_batched(size: dict) -> list[tuple[str, str]]:
     ]
 
 
-RUNNERS = {"metric": run_metric, "evaluator": run_evaluator, "batched_training": run_batched}
+def run_scale(size: dict) -> list[tuple[str, str]]:
+    res = scale.run(**size)
+    n, merge = res["n_models"], res["merge"]
+    return [
+        ("size", f"digits, N = {n}, real shard 0/{res['shards']} ({res['shard_jobs']} jobs)"),
+        ("s per training", f"{res['seconds_per_training']:.2f}"),
+        ("s per unlearning run", f"{res['seconds_per_run']:.2f}"),
+        ("all jobs on one core, h", f"{res['projected_cpu_hours']:.2f}"),
+        ("shard peak RSS MB", f"{res['shard_rss_mb']:.0f}"),
+        (f"merge N = {n} s / peak RSS MB", f"{merge[n]['seconds']:.1f} / {merge[n]['rss_mb']:.0f}"),
+        ("merge N = 32 s / peak RSS MB", f"{merge[32]['seconds']:.1f} / {merge[32]['rss_mb']:.0f}"),
+        ("imports alone peak RSS MB", f"{res['imports_rss_mb']:.0f}"),
+    ]
+
+
+RUNNERS = {
+    "metric": run_metric,
+    "evaluator": run_evaluator,
+    "batched_training": run_batched,
+    "scale": run_scale,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

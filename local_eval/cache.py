@@ -39,7 +39,16 @@ import torch
 
 from .signals import ModelRecord
 
-__all__ = ["CACHE_ENV", "CACHE_FORMAT", "ModelCache", "default_cache_dir", "group_key"]
+__all__ = [
+    "CACHE_ENV",
+    "CACHE_FORMAT",
+    "ModelCache",
+    "atomic_write",
+    "default_cache_dir",
+    "digest_arrays",
+    "digest_tensors",
+    "group_key",
+]
 
 CACHE_ENV = "UNLEARNING_KIT_CACHE"
 CACHE_FORMAT = 1  # bump when what a record holds, or how models are trained, changes
@@ -75,7 +84,7 @@ class ModelCache:
             meta = self.root / key / "meta.json"
             if not meta.exists():
                 text = json.dumps({"cache_format": CACHE_FORMAT, **identity}, indent=2)
-                _atomic_write(meta, text.encode())
+                atomic_write(meta, text.encode())
         return key
 
     def load(self, key: str, seed: int) -> ModelRecord | None:
@@ -90,7 +99,7 @@ class ModelCache:
         stored = arrays.pop(CHECKSUM, None)
         if stored is None:
             return self._reject(path, "has no checksum")
-        if str(stored) != _digest_arrays(arrays):
+        if str(stored) != digest_arrays(arrays):
             return self._reject(path, "does not match its checksum")
         try:
             return ModelRecord.from_arrays(arrays)
@@ -102,8 +111,8 @@ class ModelCache:
         if path is not None:
             arrays = record.to_arrays()
             buffer = io.BytesIO()
-            np.savez(buffer, **arrays, **{CHECKSUM: np.array(_digest_arrays(arrays))})
-            _atomic_write(path, buffer.getvalue())
+            np.savez(buffer, **arrays, **{CHECKSUM: np.array(digest_arrays(arrays))})
+            atomic_write(path, buffer.getvalue())
 
     def load_weights(self, key: str, seed: int) -> dict | None:
         path = self._path(key, seed, ".pt")
@@ -126,7 +135,7 @@ class ModelCache:
             and all(torch.is_tensor(v) for v in entry["state_dict"].values())
         ):
             return self._reject(path, "is not a checksummed state dict of this kit")
-        if entry.get(CHECKSUM) != _digest_tensors(entry["state_dict"]):
+        if entry.get(CHECKSUM) != digest_tensors(entry["state_dict"]):
             return self._reject(path, "does not match its checksum")
         return entry["state_dict"]
 
@@ -134,11 +143,11 @@ class ModelCache:
         path = self._path(key, seed, ".pt")
         if path is not None:
             state = {k: v.detach().cpu() for k, v in state_dict.items()}
-            digest = _digest_tensors(state)
+            digest = digest_tensors(state)
             entry = {"format": WEIGHTS_FORMAT, CHECKSUM: digest, "state_dict": state}
             buffer = io.BytesIO()
             torch.save(entry, buffer)
-            _atomic_write(path, buffer.getvalue())
+            atomic_write(path, buffer.getvalue())
 
     def _reject(self, path: Path, why: str) -> None:
         """Report an entry that is not used (it will be rebuilt and replaced)."""
@@ -152,7 +161,7 @@ class ModelCache:
         return None if self.root is None else self.root / key / f"seed-{seed}{suffix}"
 
 
-def _digest_arrays(arrays: Mapping[str, np.ndarray]) -> str:
+def digest_arrays(arrays: Mapping[str, np.ndarray]) -> str:
     """sha256 of named arrays: names, dtypes, shapes and bytes, in name order."""
     h = hashlib.sha256()
     for name in sorted(arrays):
@@ -162,7 +171,7 @@ def _digest_arrays(arrays: Mapping[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def _digest_tensors(state: Mapping[str, torch.Tensor]) -> str:
+def digest_tensors(state: Mapping[str, torch.Tensor]) -> str:
     """sha256 of a state dict: names, dtypes, shapes and raw bytes, in name order."""
     h = hashlib.sha256()
     for name in sorted(state):
@@ -172,7 +181,7 @@ def _digest_tensors(state: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

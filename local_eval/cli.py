@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import itertools
 import os
 import re
 import shutil
@@ -46,13 +45,19 @@ __all__ = ["build_parser", "main"]
 
 USER_ERRORS = (ValueError, OSError)  # clear messages of our own checks, missing files
 RECIPE_FIELDS = ("epochs", "lr", "batch_size", "weight_decay")
+# EvalConfig fields only some commands have options for (the others keep the defaults)
+OPTIONAL_CONFIG = ("threads", "trainer", "backend", "ray_address", "gpus_per_task")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(
+    prog: str = "python -m local_eval", description: str | None = None
+) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m local_eval",
-        description="Evaluate an unlearning submission locally with the competition's score. "
-        "'python -m local_eval score --help' re-scores saved confidences.",
+        prog=prog,
+        description=description
+        or "Evaluate an unlearning submission locally with the competition's score. "
+        "'python -m local_eval score --help' re-scores saved confidences; 'shard', 'merge' "
+        "and 'prepare' split an evaluation over machines (see their --help).",
     )
     data = p.add_argument_group("data and models")
     data.add_argument(
@@ -117,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how reference models are trained: one at a time (default) or in vectorised "
         "groups (local_eval.batched; recipes without augmentation only)",
     )
+    add_backend_options(run)
     run.add_argument("--out", type=Path, help="output folder (default runs/<time>-...)")
     run.add_argument(
         "--cache-dir",
@@ -129,6 +135,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def add_backend_options(group) -> None:
+    from .backends import BACKENDS
+
+    group.add_argument(
+        "--backend",
+        choices=tuple(BACKENDS),
+        default="local",
+        help="where the models are trained and the submission runs: local (default: this "
+        "process and --workers processes) or ray (Ray tasks on a cluster or a local "
+        "instance; pip install -r requirements-ray.txt)",
+    )
+    group.add_argument(
+        "--ray-address",
+        help="--backend ray: the cluster to join (e.g. auto, ray://head:10001; default: "
+        "start a local instance)",
+    )
+    group.add_argument(
+        "--gpus-per-task",
+        type=float,
+        help="--backend ray on GPUs: the share of a GPU each job takes (default 1; 0.25 runs "
+        "four small models per GPU)",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["score"]:
@@ -139,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         from .leaderboard import main as leaderboard_main
 
         return leaderboard_main(argv[1:])
+    if argv[:1] and argv[0] in ("shard", "merge", "prepare"):
+        from .shard_cli import COMMANDS
+
+        return COMMANDS[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
     from submission.run import RunTimeout
 
@@ -169,7 +203,7 @@ def eval_config(args: argparse.Namespace):
     from .pipeline import EvalConfig
 
     overrides = {f: getattr(args, f) for f in RECIPE_FIELDS if getattr(args, f) is not None}
-    optional = {k: getattr(args, k) for k in ("threads", "trainer") if hasattr(args, k)}
+    optional = {k: getattr(args, k) for k in OPTIONAL_CONFIG if hasattr(args, k)}
     return EvalConfig(
         dataset=args.dataset,
         forget=args.forget,
@@ -186,28 +220,39 @@ def eval_config(args: argparse.Namespace):
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from .loading import load_unlearning
     from .pipeline import run_evaluation
+
+    config, method, cache_root = evaluation_inputs(args)
+    out = args.out or default_out_dir(config.dataset, method.source)
+    check_out(out)
+    with out_lock(out):
+        result = run_evaluation(
+            config, method, cache=ModelCache(cache_root), progress=not args.quiet
+        )
+        files = write_outputs(result, out, cache_root)
+    show_report(files, out)
+    return 0
+
+
+def show_report(files: list[Path], out: Path) -> None:
+    """The summary of a written report, and what was written."""
+    print(Path(files[0]).parent.joinpath("summary.txt").read_text(), end="")
+    print(f"\nwritten to {out}/: " + ", ".join(Path(f).name for f in files))
+
+
+def evaluation_inputs(args: argparse.Namespace):
+    """``(config, method, cache root)`` of a command line that evaluates a submission
+    (evaluate, shard): the method loaded (its notes shown) and given its run time limit."""
+    from .loading import load_unlearning
 
     config = eval_config(args)
     method = load_unlearning(method=args.method, submission=args.submission, notebook=args.notebook)
     if not args.quiet:
         for note in method.notes:
             print(f"note: {note}", file=sys.stderr)
-    out = args.out or default_out_dir(config.dataset, method.source)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
-    check_out(out)
     method = with_time_limit(method, run_timeout(args))
     cache_root = None if args.no_cache else (args.cache_dir or default_cache_dir())
-    with out_lock(out):
-        result = run_evaluation(
-            config, method, cache=ModelCache(cache_root), progress=not args.quiet
-        )
-        files = write_outputs(result, out, cache_root)
-    print(Path(files[0]).parent.joinpath("summary.txt").read_text(), end="")
-    print(f"\nwritten to {out}/: " + ", ".join(Path(f).name for f in files))
-    return 0
+    return config, method, cache_root
 
 
 def check_out(out: Path) -> None:
@@ -272,15 +317,13 @@ def with_time_limit(method, limit_s: float | None):
         return method
     from submission.run import time_limit
 
-    calls = itertools.count(1)
     fn = method.fn
+    message = (  # the pipeline puts which run in front
+        f"was still going after {limit_s:g} s (--run-timeout-s): it looks hung; "
+        "make it honour budget_s, or raise --run-timeout-s"
+    )
 
     def limited(*args, **kwargs):
-        what = f"unlearning run {next(calls)}"
-        message = (
-            f"{what} was still going after {limit_s:g} s (--run-timeout-s): it looks hung; "
-            "make it honour budget_s, or raise --run-timeout-s"
-        )
         with time_limit(limit_s, message):
             return fn(*args, **kwargs)
 
@@ -313,18 +356,19 @@ def write_outputs(result, out: Path, cache_root: Path | None) -> list[Path]:
 
 def _context(result, cache_root: Path | None) -> dict:
     cfg = result.config
-    setup = result.setup.describe()
+    setup = result.data
+    shards = f", {result.shards} shards merged" if result.shards > 1 else ""
     title = (
         f"Local evaluation: {cfg.dataset}, forget {setup['forget']} "
         f"({setup['sizes']['forget']} examples), {result.arch} / {result.recipe.name}, "
-        f"N = {cfg.n_models}, {result.method.source}, on {result.device}"
+        f"N = {cfg.n_models}, {result.method['source']}, on {result.device}{shards}"
     )
     return {
         "title": title,
         "config": {**asdict(cfg), "recipe_overrides": dict(cfg.recipe_overrides)},
         "method": {
-            "source": result.method.source,
-            "notes": list(result.method.notes),
+            "source": result.method["source"],
+            "notes": list(result.method["notes"]),
             "budget_s": cfg.budget_s,
             "runs_over_budget": (
                 None
@@ -338,6 +382,7 @@ def _context(result, cache_root: Path | None) -> dict:
         "device": result.device,
         "stage_seconds": dict(result.stage_seconds),
         "models_trained": dict(result.trained),
+        "shards": result.shards,
         "cache_dir": None if cache_root is None else str(cache_root),
     }
 

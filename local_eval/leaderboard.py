@@ -385,7 +385,7 @@ def _report_context(result) -> dict:
 
 def _shared(result, report: dict) -> dict:
     """What every method of the board shares: the setup and the reference figures."""
-    setup = result.setup.describe()
+    setup = result.data
     return {
         "setup": {
             "dataset": setup["dataset"],

@@ -42,9 +42,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["LoadedMethod", "load_unlearning", "notebook_definitions"]
+__all__ = ["USER_MODULE_PREFIX", "LoadedMethod", "load_unlearning", "notebook_definitions"]
 
 ENTRY_POINT = "unlearning"
+USER_MODULE_PREFIX = "_user_"  # the modules of a --submission file or notebook's definitions
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,32 @@ class LoadedMethod:
         if self.accepts_budget:
             return self.fn(net, retain, forget, val, budget_s=budget_s)
         return self.fn(net, retain, forget, val)
+
+    def describe(self) -> dict:
+        """Where it came from and what defines it (JSON-able, for reports and shards)."""
+        return {"source": self.source, "notes": list(self.notes), "identity": self.identity()}
+
+    def identity(self) -> dict:
+        """What defines the function wherever its file lies: the kind of source, the method
+        or file name, and a sha256 of its code (a kit method: every ``submission`` module,
+        its helpers included; a file or a notebook: its bytes; else the function's source).
+        Machines that split an evaluation compare it, so they must run the same code."""
+        kind, _, where = self.source.partition(":")
+        if kind in ("file", "notebook"):
+            path = Path(where)
+            return {"kind": kind, "name": path.name, "code_sha256": _sha256_files([path])}
+        if kind in ("method", "default"):
+            import submission
+
+            files = sorted(Path(submission.__file__).parent.rglob("*.py"))
+            root = Path(submission.__file__).parent
+            return {"kind": kind, "name": where, "code_sha256": _sha256_files(files, root)}
+        try:
+            code = inspect.getsource(self.fn)
+        except (OSError, TypeError):
+            code = repr(self.fn)
+        digest = hashlib.sha256(code.encode()).hexdigest()
+        return {"kind": kind, "name": where, "code_sha256": digest}
 
 
 def load_unlearning(
@@ -92,6 +119,15 @@ def load_unlearning(
 
         fn, source = kit.unlearning, f"default:{kit.DEFAULT_METHOD}"
     return LoadedMethod(fn, source, _accepts_budget(fn), notes)
+
+
+def _sha256_files(paths: list[Path], root: Path | None = None) -> str:
+    """sha256 over the files' names (relative to ``root``) and bytes."""
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(str(path.relative_to(root) if root else path.name).encode() + b"\0")
+        h.update(path.read_bytes())
+    return h.hexdigest()
 
 
 def _accepts_budget(fn: Callable) -> bool:
@@ -134,7 +170,7 @@ def _from_file(path: Path) -> Callable:
     if path.suffix != ".py":
         raise ValueError(f"submission file must be a .py file (use --notebook for .ipynb): {path}")
     digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
-    spec = importlib.util.spec_from_file_location(f"_user_submission_{digest}", path)
+    spec = importlib.util.spec_from_file_location(f"{USER_MODULE_PREFIX}submission_{digest}", path)
     module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(path.parent.resolve()))  # so the file can import its neighbours
     try:
@@ -165,7 +201,7 @@ def notebook_definitions(path: Path) -> tuple[dict, tuple[str, ...]]:
     # a real, registered module: dataclasses, pickling and typing look classes up through
     # sys.modules[cls.__module__]
     digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
-    module = types.ModuleType(f"_user_notebook_{digest}")
+    module = types.ModuleType(f"{USER_MODULE_PREFIX}notebook_{digest}")
     module.__file__ = str(path)
     sys.modules[module.__name__] = module
     namespace = vars(module)

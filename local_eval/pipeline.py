@@ -11,6 +11,12 @@
    like the original (the report's floor); all cached (``local_eval.cache``);
 5. return every model's signals (:class:`~local_eval.signals.EvalSignals`).
 
+Steps 3 and 4 are the 4N jobs of ``local_eval.jobs``. :func:`run_shard` computes the jobs of
+one shard of them (:class:`ShardResult`), :func:`combine` assembles shards into an
+:class:`EvalResult`; an unsharded evaluation is the one shard ``0/1``, so a sharded one
+merged (``local_eval.shards``) is the same computation. Where the jobs run (this process,
+worker processes, a Ray cluster) is the backend's business (``local_eval.backends``).
+
 Scoring and reporting are ``local_eval.report``'s job. The unlearning runs come before the
 references so that a broken submission fails in seconds, not after the long training.
 """
@@ -18,40 +24,43 @@ references so that a broken submission fails in seconds, not after the long trai
 from __future__ import annotations
 
 import contextlib
-import os
+import hashlib
+import json
 import sys
 import time
-from collections.abc import Mapping
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
+from .backends import BACKENDS, open_backend, resolve_device, resolve_threads, resolve_workers
 from .batched import DEFAULT_GROUP, TRAINERS, check_batchable, train_new_models_batched
-from .cache import ModelCache
+from .cache import ModelCache, digest_tensors
 from .data import DataSetup, load_setup, make_loader
+from .jobs import ROLES, WHOLE, Job, Shard, assemble, evaluation_jobs, model_seed
 from .loading import LoadedMethod
 from .models import build_model, default_arch
-from .signals import EvalSignals, GroupSignals, ModelRecord, model_record
+from .signals import EvalSignals, ModelRecord, model_record
 from .train import Recipe, default_recipe, get_recipe, train_new_model
 
 __all__ = [
     "EvalConfig",
     "EvalResult",
+    "ShardResult",
     "SubmissionError",
+    "combine",
     "model_seed",
+    "prepare_original",
     "resolve_device",
     "resolve_threads",
     "resolve_workers",
     "run_evaluation",
+    "run_shard",
     "train_record",
 ]
 
-# Seed streams: a model's seed is derived from (setup seed, role, index), so the groups never
-# share an initialisation or a data order.
-ROLE_SEEDS = {"original": 1, "retrained": 2, "unlearning": 3}
 LOADER_BATCH = 64  # the competition template's loaders
 
 
@@ -61,7 +70,7 @@ class SubmissionError(ValueError):
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """What defines an evaluation (besides the submission and the cache)."""
+    """What defines an evaluation (besides the submission and the cache), and where it runs."""
 
     dataset: str = "digits"
     forget: str | None = None  # None: the dataset's default (local_eval.data)
@@ -75,6 +84,9 @@ class EvalConfig:
     workers: int | None = None  # processes training models; None: resolve_workers()
     threads: int | None = None  # torch threads per process on CPU; None: resolve_threads()
     trainer: str = "sequential"  # or "batched": local_eval.batched, groups of models per call
+    backend: str = "local"  # a key of backends.BACKENDS: where the jobs run
+    ray_address: str | None = None  # backend "ray": the cluster (None: a local instance)
+    gpus_per_task: float | None = None  # backend "ray" on GPUs: share of a GPU per job (1)
 
     def __post_init__(self):
         if not isinstance(self.n_models, int) or self.n_models < 2:
@@ -91,58 +103,205 @@ class EvalConfig:
             raise ValueError(f"trainer must be one of {TRAINERS}, got {self.trainer!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {tuple(BACKENDS)}, got {self.backend!r}")
+        if self.gpus_per_task is not None and not 0 < self.gpus_per_task <= 1:
+            raise ValueError(
+                f"gpus_per_task must be in (0, 1] (a share of one GPU), got {self.gpus_per_task!r}"
+            )
 
 
 @dataclass(frozen=True, eq=False)
 class EvalResult:
     config: EvalConfig
-    setup: DataSetup
+    data: dict  # DataSetup.describe()
     arch: str
     recipe: Recipe
     device: str
-    method: LoadedMethod
+    method: dict  # LoadedMethod.describe(): source, notes, identity
     signals: EvalSignals
-    stage_seconds: dict[str, float]  # wall time per stage
+    stage_seconds: dict[str, float]  # wall time per stage (summed over shards)
     trained: dict[str, int]  # models actually trained per role (the rest came from the cache)
+    shards: int = 1  # how many shards computed it
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; otherwise checked as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r} (try auto, cpu, cuda, cuda:1)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for but no CUDA GPU is available")
-    return device
+@dataclass(frozen=True, eq=False)
+class ShardResult:
+    """The records of one shard's jobs and how they were made (what a shard folder holds)."""
+
+    config: EvalConfig
+    shard: Shard
+    data: dict  # DataSetup.describe()
+    arch: str
+    recipe: Recipe
+    method: dict  # LoadedMethod.describe()
+    device: str
+    records: dict[Job, ModelRecord]  # one per job of shard.select(evaluation_jobs(N))
+    targets: np.ndarray  # int64 (E,) forget labels
+    example_ids: np.ndarray  # str (E,)
+    original_sha256: str | None  # of the original's weights; None if the shard needed none
+    stage_seconds: dict[str, float]
+    trained: dict[str, int]
+
+    def jobs(self) -> list[Job]:
+        return self.shard.select(evaluation_jobs(self.config.n_models))
+
+    def identity(self) -> dict:
+        """Everything that defines the records, and nothing about where they were computed:
+        shards of one evaluation must agree on it (JSON-able)."""
+        data = dict(self.data)
+        data["dataset"] = data["dataset"].split(":", 1)[0]  # a folder may lie elsewhere on
+        # another machine; the data's fingerprint says whether they are the same
+        return {
+            "data": data,
+            "arch": self.arch,
+            "recipe": self.recipe.as_dict(),
+            "n_models": self.config.n_models,
+            "trainer": self.config.trainer,
+            "budget_s": self.config.budget_s,
+            "method": self.method["identity"],
+        }
+
+    def fingerprint(self) -> str:
+        text = json.dumps(self.identity(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
-def resolve_workers(workers: int | None, device: torch.device) -> int:
-    """Training processes: as given; else 1 on a GPU and one per CPU core (at most 4).
+def run_evaluation(
+    config: EvalConfig, method: LoadedMethod, *, cache: ModelCache, progress: bool = True
+) -> EvalResult:
+    """Everything up to the signals; see the module docstring.
 
-    Small models use a core far better as one single-threaded process each than as threads
-    of one process: on a busy machine two-threaded runs stall for seconds at a time waiting
-    for a core (measured on digits: 0.2 s runs spiking to 20 s). A worker costs a few
-    seconds to start, paid only when models are missing from the cache.
+    With more than one worker, models are trained in spawned processes: a script calling
+    this must guard its entry point with ``if __name__ == "__main__":``.
     """
-    if workers is not None:
-        return workers
-    if device.type != "cpu":
-        return 1
-    return max(1, min(4, os.cpu_count() or 1))
+    return combine([run_shard(config, method, shard=WHOLE, cache=cache, progress=progress)])
 
 
-def resolve_threads(threads: int | None, workers: int) -> int:
-    """Torch threads per process on CPU: as given; else ``$OMP_NUM_THREADS`` when set; else
-    cores // workers (1 with the default workers)."""
-    if threads is not None:
-        return threads
-    env = os.environ.get("OMP_NUM_THREADS", "")
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    return max(1, (os.cpu_count() or 1) // workers)
+def run_shard(
+    config: EvalConfig,
+    method: LoadedMethod,
+    *,
+    shard: Shard,
+    cache: ModelCache,
+    progress: bool = True,
+) -> ShardResult:
+    """The records of ``shard``'s jobs (:mod:`local_eval.jobs`), nothing else."""
+    stages: dict[str, float] = {}
+    with _opened(config, stages) as (setup, arch, recipe, backend):
+        models = _ModelSource(setup, arch, recipe, cache, backend, progress, config.trainer)
+        jobs = shard.select(evaluation_jobs(config.n_models))
+        wanted = {role: [job.index for job in jobs if job.role == role] for role in ROLES}
+        original = digest = None
+        if wanted["unlearning"] or 0 in wanted["original"]:
+            with _stage(stages, "original"):
+                original = models.original_weights()
+            digest = digest_tensors(original)
+        with _stage(stages, "unlearning"):
+            unlearned = run_unlearning(
+                method,
+                original,
+                backend,
+                arch=arch,
+                indices=wanted["unlearning"],
+                n=config.n_models,
+                budget_s=config.budget_s,
+                progress=progress,
+            )
+        with _stage(stages, "references"):  # 2N retrained (scoring + ceiling), N originals
+            references = models.records({r: wanted[r] for r in ("retrained", "original")})
+    return ShardResult(
+        config=config,
+        shard=shard,
+        data=setup.describe(),
+        arch=arch,
+        recipe=recipe,
+        method=method.describe(),
+        device=str(backend.device),
+        records={**{Job("unlearning", i): r for i, r in unlearned.items()}, **references},
+        targets=setup.forget.labels.numpy().copy(),
+        example_ids=_example_ids(setup),
+        original_sha256=digest,
+        stage_seconds=stages,
+        trained=models.trained,
+    )
+
+
+def prepare_original(
+    config: EvalConfig, *, cache: ModelCache, progress: bool = True
+) -> tuple[str, bool]:
+    """Make sure ``cache`` holds the original model of ``config``'s setup (the one every
+    shard's unlearning runs start from); returns its weights' sha256 and whether it was
+    trained now (else it was found)."""
+    with _opened(config, {}) as (setup, arch, recipe, backend):
+        models = _ModelSource(setup, arch, recipe, cache, backend, progress, config.trainer)
+        return digest_tensors(models.original_weights()), models.trained["original"] > 0
+
+
+@contextlib.contextmanager
+def _opened(config: EvalConfig, stages: dict[str, float]):
+    """The data, architecture and recipe of ``config``, and its backend, open for work."""
+    with _stage(stages, "data"):
+        setup = load_setup(config.dataset, forget=config.forget, seed=config.seed)
+        arch, recipe = _arch_and_recipe(config, setup)
+    where = {
+        "device": config.device,
+        "workers": config.workers,
+        "threads": config.threads,
+        "ray_address": config.ray_address,
+        "gpus_per_task": config.gpus_per_task,
+    }
+    with (
+        open_backend(config.backend, setup=setup, **where) as backend,
+        _cpu_threads(backend.device, backend.threads),
+    ):
+        from submission.loop import warm_up
+
+        warm_up()  # torch's one-off lazy imports must not count against the first timed run
+        yield setup, arch, recipe, backend
+
+
+def combine(parts: Sequence[ShardResult]) -> EvalResult:
+    """One evaluation from shards that together hold every job once (checked, with the
+    user's words, by ``local_eval.shards``; here a missing job is a ``KeyError``)."""
+    first = parts[0]
+    records: dict[Job, ModelRecord] = {}
+    stages: dict[str, float] = {}
+    trained: dict[str, int] = {}
+    for part in parts:
+        records.update(part.records)
+        for name, seconds in part.stage_seconds.items():
+            stages[name] = stages.get(name, 0.0) + seconds
+        for role, count in part.trained.items():
+            trained[role] = trained.get(role, 0) + count
+    signals = assemble(
+        records,
+        n_models=first.config.n_models,
+        seed=first.data["seed"],
+        targets=first.targets,
+        example_ids=first.example_ids,
+    )
+    return EvalResult(
+        config=first.config,
+        data=first.data,
+        arch=first.arch,
+        recipe=first.recipe,
+        device=", ".join(dict.fromkeys(part.device for part in parts)),
+        method=first.method,
+        signals=signals,
+        stage_seconds=stages,
+        trained=trained,
+        shards=len(parts),
+    )
+
+
+def _arch_and_recipe(config: EvalConfig, setup: DataSetup) -> tuple[str, Recipe]:
+    arch = config.arch or default_arch(setup.in_channels, setup.image_size)
+    recipe_name = config.recipe or default_recipe(arch, config.dataset)
+    recipe = get_recipe(recipe_name, **dict(config.recipe_overrides))
+    if config.trainer == "batched":
+        check_batchable(recipe)  # before the submission's runs, not after
+    return arch, recipe
 
 
 @contextlib.contextmanager
@@ -156,64 +315,6 @@ def _cpu_threads(device: torch.device, threads: int):
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def run_evaluation(
-    config: EvalConfig, method: LoadedMethod, *, cache: ModelCache, progress: bool = True
-) -> EvalResult:
-    """Everything up to the signals; see the module docstring.
-
-    With more than one worker, models are trained in spawned processes: a script calling
-    this must guard its entry point with ``if __name__ == "__main__":``.
-    """
-    stages: dict[str, float] = {}
-    with _stage(stages, "data"):
-        setup = load_setup(config.dataset, forget=config.forget, seed=config.seed)
-        arch = config.arch or default_arch(setup.in_channels, setup.image_size)
-        recipe_name = config.recipe or default_recipe(arch, config.dataset)
-        recipe = get_recipe(recipe_name, **dict(config.recipe_overrides))
-        if config.trainer == "batched":
-            check_batchable(recipe)  # before the submission's runs, not after
-        device = resolve_device(config.device)
-    workers = resolve_workers(config.workers, device)
-    with _cpu_threads(device, resolve_threads(config.threads, workers)):
-        return _evaluate(
-            config, setup, arch, recipe, device, workers, method, cache, progress, stages
-        )
-
-
-def _evaluate(config, setup, arch, recipe, device, workers, method, cache, progress, stages):
-    from submission.loop import warm_up
-
-    warm_up()  # torch's one-off lazy imports must not count against the first timed run
-    models = _ModelSource(setup, arch, recipe, device, cache, progress, workers, config.trainer)
-    n = config.n_models
-    with _stage(stages, "original"):
-        original = models.original_weights()
-    with _stage(stages, "unlearning"):
-        unlearned = run_unlearning(
-            method,
-            original,
-            setup,
-            arch,
-            n=n,
-            device=device,
-            budget_s=config.budget_s,
-            progress=progress,
-        )
-    with _stage(stages, "references"):  # 2N retrained (scoring + ceiling), N originals (floor)
-        groups = models.groups({"retrained": 2 * n, "original": n})
-    signals = EvalSignals(
-        targets=setup.forget.labels.numpy().copy(),
-        example_ids=_example_ids(setup),
-        unlearned=unlearned,
-        retrained=groups["retrained"].select(slice(0, n)),
-        ceiling=groups["retrained"].select(slice(n, 2 * n)),
-        floor=groups["original"],
-    )
-    return EvalResult(
-        config, setup, arch, recipe, str(device), method, signals, stages, models.trained
-    )
 
 
 @contextlib.contextmanager
@@ -231,12 +332,6 @@ def _example_ids(setup: DataSetup) -> np.ndarray:
     return np.arange(len(setup.forget)).astype(str)
 
 
-def model_seed(setup_seed: int, role: str, index: int) -> int:
-    """The seed (0 .. 2**31 - 1) of model ``index`` of ``role``'s stream."""
-    state = np.random.SeedSequence([setup_seed, ROLE_SEEDS[role], index]).generate_state(1)
-    return int(state[0] & 0x7FFFFFFF)
-
-
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
@@ -247,25 +342,21 @@ def _progress(total: int, desc: str, enabled: bool):
 # Trained models (cached)
 # --------------------------------------------------------------------------------------
 class _ModelSource:
-    """Trained models of a setup, from the cache when there, else trained and cached.
-
-    Missing models of a group are trained by ``workers`` processes (one thread each on
-    CPU): small models use a core far better as separate processes than as threads of one.
-    """
+    """Trained models of a setup, from the cache when there, else trained (by the backend)
+    and cached."""
 
     def __init__(
         self,
-        setup,
-        arch,
-        recipe,
-        device,
+        setup: DataSetup,
+        arch: str,
+        recipe: Recipe,
         cache: ModelCache,
+        backend,
         progress: bool,
-        workers: int,
         trainer: str = "sequential",
     ):
-        self.setup, self.arch, self.recipe, self.device = setup, arch, recipe, device
-        self.cache, self.progress, self.workers = cache, progress, workers
+        self.setup, self.arch, self.recipe = setup, arch, recipe
+        self.cache, self.backend, self.progress = cache, backend, progress
         self.trainer = trainer
         self.trained = {"original": 0, "retrained": 0}
         self._memo: dict[tuple[str, int], ModelRecord] = {}  # works without a cache too
@@ -292,40 +383,31 @@ class _ModelSource:
         key, seed = self.key("original"), self.seed("original", 0)
         weights = self.cache.load_weights(key, seed)
         if weights is None or self.cache.load(key, seed) is None:
-            if self.trainer == "batched":
-                [(record, model)] = train_records_batched(
-                    self.setup, self.arch, self.recipe, "original", [seed], self.device
-                )
-            else:
-                record, model = train_record(
-                    self.setup, self.arch, self.recipe, "original", seed, self.device
-                )
-            weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            [((_, _), (record, weights))] = self._train_many([("original", seed)], weights=True)
             self.cache.save_weights(key, seed, weights)
             self._keep("original", key, seed, record)
         return weights
 
-    def groups(self, counts: Mapping[str, int]) -> dict[str, GroupSignals]:
-        """``counts[role]`` models of each role (seeds 0.. of its stream), training only the
-        ones missing from the cache, all in one pool."""
-        keys = {role: self.key(role) for role in counts}
-        seeds = {role: [self.seed(role, i) for i in range(n)] for role, n in counts.items()}
-        records = {
-            role: {
-                s: self._memo.get((keys[role], s)) or self.cache.load(keys[role], s)
-                for s in seeds[role]
-            }
-            for role in counts
+    def records(self, indices: Mapping[str, Sequence[int]]) -> dict[Job, ModelRecord]:
+        """The models ``indices[role]`` of each role, training only the ones missing from
+        the cache, all in one go."""
+        keys = {role: self.key(role) for role in indices}
+        seeds = {role: [self.seed(role, i) for i in idx] for role, idx in indices.items()}
+        found = {
+            (role, s): self._memo.get((keys[role], s)) or self.cache.load(keys[role], s)
+            for role in indices
+            for s in seeds[role]
         }
-        missing = [(role, s) for role in counts for s, r in records[role].items() if r is None]
+        missing = [job for job, record in found.items() if record is None]
         with _progress(len(missing), "training reference models", self.progress) as bar:
-            for (role, seed), record in self._train_many(missing):
-                records[role][seed] = record
+            for (role, seed), (record, _) in self._train_many(missing):
+                found[role, seed] = record
                 self._keep(role, keys[role], seed, record)
                 bar.update()
         return {
-            role: GroupSignals.from_records([records[role][s] for s in seeds[role]], seeds[role])
-            for role in counts
+            Job(role, i): found[role, s]
+            for role, idx in indices.items()
+            for i, s in zip(idx, seeds[role], strict=True)
         }
 
     def _keep(self, role: str, key: str, seed: int, record: ModelRecord) -> None:
@@ -333,72 +415,68 @@ class _ModelSource:
         self._memo[key, seed] = record
         self.cache.save(key, seed, record)
 
-    def _train_many(self, jobs: list[tuple[str, int]]):
-        """Yield ``((role, seed), record)`` as models finish, here or in worker processes."""
-        if self.trainer == "batched":
-            yield from self._train_batched(jobs)
-            return
-        if self.workers <= 1 or len(jobs) <= 1:
-            for role, seed in jobs:
-                args = (self.setup, self.arch, self.recipe, role, seed, self.device)
-                yield (role, seed), train_record(*args)[0]
-            return
-        with self._pool(len(jobs)) as pool:
-            futures = {}
-            for job in jobs:
-                args = (self.arch, self.recipe, *job, str(self.device))
-                futures[pool.submit(_worker_train, *args)] = job
-            for future in as_completed(futures):
-                yield futures[future], future.result()
-
-    def _train_batched(self, jobs: list[tuple[str, int]]):
-        """Groups of up to ``DEFAULT_GROUP`` models of one role per vectorised run, the
-        groups spread over the workers (at most one group each at a time)."""
-        groups = []
+    def _train_many(
+        self, jobs: list[tuple[str, int]], *, weights: bool = False
+    ) -> Iterator[tuple[tuple[str, int], tuple[ModelRecord, dict | None]]]:
+        """Yield ``((role, seed), (record, weights or None))`` as models finish: one model
+        per call, or with the batched trainer groups of up to ``DEFAULT_GROUP`` models of
+        one role, spread evenly over the backend's workers."""
+        units = []
         for role in dict.fromkeys(r for r, _ in jobs):
             seeds = [s for r, s in jobs if r == role]
-            size = _group_size(len(seeds), self.workers)
-            groups += [(role, seeds[i : i + size]) for i in range(0, len(seeds), size)]
-        for role, seeds, records in self._run_groups(groups):
-            for seed, record in zip(seeds, records, strict=True):
-                yield (role, seed), record
+            size = 1 if self.trainer == "sequential" else _group_size(len(seeds), self.workers)
+            units += [(role, seeds[i : i + size]) for i in range(0, len(seeds), size)]
+        calls = [
+            {
+                "arch": self.arch,
+                "recipe": self.recipe,
+                "role": role,
+                "seeds": seeds,
+                "device": str(self.backend.device),
+                "trainer": self.trainer,
+                "weights": weights,
+            }
+            for role, seeds in units
+        ]
+        for i, results in self.backend.map(train_models, calls, parallel=True):
+            role, seeds = units[i]
+            for seed, result in zip(seeds, results, strict=True):
+                yield (role, seed), result
 
-    def _run_groups(self, groups: list[tuple[str, list[int]]]):
-        if self.workers <= 1 or len(groups) <= 1:
-            for role, seeds in groups:
-                args = (self.setup, self.arch, self.recipe, role, seeds, self.device)
-                yield role, seeds, [r for r, _ in train_records_batched(*args)]
-            return
-        with self._pool(len(groups)) as pool:
-            futures = {}
-            for role, seeds in groups:
-                args = (self.arch, self.recipe, role, seeds, str(self.device))
-                futures[pool.submit(_worker_train_batched, *args)] = (role, seeds)
-            for future in as_completed(futures):
-                yield (*futures[future], future.result())
-
-    def _pool(self, jobs: int):
-        import multiprocessing
-
-        init = (
-            self.setup.dataset,
-            self.setup.forget_spec,
-            self.setup.seed,
-            self.setup.fingerprint,
-            torch.get_num_threads(),
-        )
-        return ProcessPoolExecutor(
-            max_workers=min(self.workers, jobs),
-            mp_context=multiprocessing.get_context("spawn"),  # fork + torch threads can hang
-            initializer=_worker_init,
-            initargs=init,
-        )
+    @property
+    def workers(self) -> int:
+        return self.backend.workers
 
 
 def _group_size(n: int, workers: int) -> int:
     """Models per batched run: the workers share the models evenly, at most DEFAULT_GROUP."""
     per_worker = -(-n // max(1, workers))
     return max(1, min(DEFAULT_GROUP, per_worker))
+
+
+def train_models(
+    setup: DataSetup,
+    *,
+    arch: str,
+    recipe: Recipe,
+    role: str,
+    seeds: Sequence[int],
+    device: str,
+    trainer: str,
+    weights: bool = False,
+) -> list[tuple[ModelRecord, dict | None]]:
+    """One backend call: train the models ``seeds`` of ``role`` (one after the other, or
+    all at once with the batched trainer); ``(record, CPU state dict if weights)`` each."""
+    if trainer == "batched":
+        pairs = train_records_batched(setup, arch, recipe, role, list(seeds), device)
+    else:
+        pairs = [train_record(setup, arch, recipe, role, s, device) for s in seeds]
+    return [
+        (record, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+        if weights
+        else (record, None)
+        for record, model in pairs
+    ]
 
 
 def train_records_batched(
@@ -426,78 +504,79 @@ def train_record(setup: DataSetup, arch: str, recipe: Recipe, role: str, seed: i
     return record, result.model
 
 
-_WORKER_SETUP: DataSetup | None = None  # a worker process's copy of the data
-
-
-def _worker_init(dataset: str, forget: str, seed: int, fingerprint: str, threads: int) -> None:
-    global _WORKER_SETUP
-    from submission.loop import warm_up
-
-    torch.set_num_threads(threads)
-    warm_up()
-    setup = load_setup(dataset, forget=forget, seed=seed)
-    if setup.fingerprint != fingerprint:  # the data changed on disk since the main process read it
-        raise RuntimeError(f"worker read other data for {dataset} (fingerprint mismatch)")
-    _WORKER_SETUP = setup
-
-
-def _worker_train(arch: str, recipe: Recipe, role: str, seed: int, device: str) -> ModelRecord:
-    return train_record(_WORKER_SETUP, arch, recipe, role, seed, device)[0]
-
-
-def _worker_train_batched(
-    arch: str, recipe: Recipe, role: str, seeds: list[int], device: str
-) -> list[ModelRecord]:
-    pairs = train_records_batched(_WORKER_SETUP, arch, recipe, role, seeds, device)
-    return [record for record, _ in pairs]
-
-
 # --------------------------------------------------------------------------------------
 # The submission's runs
 # --------------------------------------------------------------------------------------
 def run_unlearning(
     method: LoadedMethod,
-    original: Mapping,
-    setup: DataSetup,
-    arch: str,
+    original: Mapping | None,
+    backend,
     *,
+    arch: str,
+    indices: Sequence[int],
     n: int,
-    device: torch.device,
     budget_s: float | None,
     progress: bool = True,
-) -> GroupSignals:
-    """``n`` seeded runs of ``method``, each from a fresh copy of ``original``."""
+) -> dict[int, ModelRecord]:
+    """The seeded runs ``indices`` (of ``n``) of ``method``, each from a fresh copy of
+    ``original``, by the backend (the local one runs them here, one after the other)."""
+    calls = [{"index": i} for i in indices]
+    shared = {
+        "method": method,
+        "original": original,
+        "arch": arch,
+        "n": n,
+        "device": str(backend.device),
+        "budget_s": budget_s,
+    }
+    records = {}
+    with _progress(len(calls), "unlearning runs", progress) as bar:
+        for i, record in backend.map(unlearning_run, calls, parallel=False, shared=shared):
+            records[indices[i]] = record
+            bar.update()
+    return dict(sorted(records.items()))
+
+
+def unlearning_run(
+    setup: DataSetup,
+    *,
+    method: LoadedMethod,
+    original: Mapping,
+    arch: str,
+    index: int,
+    n: int,
+    device: str,
+    budget_s: float | None,
+) -> ModelRecord:
+    """One backend call: run ``index`` of the submission, checked, as a record."""
+    from submission.run import RunTimeout
     from submission.seeding import seed_everything
 
-    records, seeds = [], []
-    with _progress(n, "unlearning runs", progress) as bar:
-        for i in range(n):
-            seed = model_seed(setup.seed, "unlearning", i)
-            where = f"unlearning run {i + 1}/{n} (seed {seed})"
-            net = _fresh_model(arch, setup, original, device)
-            seed_everything(seed)
-            loaders = [
-                make_loader(s, batch_size=LOADER_BATCH, shuffle=True)
-                for s in (setup.retain, setup.forget, setup.val)
-            ]
-            start = time.perf_counter()
-            try:
-                out = method(net, *loaders, budget_s=budget_s)
-            except Exception as exc:
-                raise SubmissionError(f"{where} raised {type(exc).__name__}: {exc}") from exc
-            seconds = time.perf_counter() - start
-            model = _check_returned(out, net, original, where)
-            try:
-                record = model_record(model, setup, device=device, seconds=seconds)
-            except Exception as exc:
-                raise SubmissionError(
-                    f"{where}: evaluating the returned model raised {type(exc).__name__}: {exc}"
-                ) from exc
-            _check_logits(record, setup, where)
-            records.append(record)
-            seeds.append(seed)
-            bar.update()
-    return GroupSignals.from_records(records, seeds)
+    seed = model_seed(setup.seed, "unlearning", index)
+    where = f"unlearning run {index + 1}/{n} (seed {seed})"
+    net = _fresh_model(arch, setup, original, device)
+    seed_everything(seed)
+    loaders = [
+        make_loader(s, batch_size=LOADER_BATCH, shuffle=True)
+        for s in (setup.retain, setup.forget, setup.val)
+    ]
+    start = time.perf_counter()
+    try:
+        out = method(net, *loaders, budget_s=budget_s)
+    except RunTimeout as exc:
+        raise RunTimeout(f"{where} {exc}") from None
+    except Exception as exc:
+        raise SubmissionError(f"{where} raised {type(exc).__name__}: {exc}") from exc
+    seconds = time.perf_counter() - start
+    model = _check_returned(out, net, original, where)
+    try:
+        record = model_record(model, setup, device=device, seconds=seconds)
+    except Exception as exc:
+        raise SubmissionError(
+            f"{where}: evaluating the returned model raised {type(exc).__name__}: {exc}"
+        ) from exc
+    _check_logits(record, setup, where)
+    return record
 
 
 def _fresh_model(arch: str, setup: DataSetup, weights: Mapping, device) -> nn.Module:

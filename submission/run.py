@@ -17,6 +17,11 @@ seconds, or an even share of the job budget, and the method scales its work to t
 runner projects the total from the first runs, warns when N will not fit, and never starts a
 run it cannot finish.
 
+Sharding: ``--shard i/K`` writes only the checkpoints j with ``j % K == i`` (K jobs on K
+machines, each with its own ``--out`` and its own ``--budget-h``, shared by its runs);
+``python -m submission.run merge DIR... --out ALL [--zip]`` (``submission.merge``) puts the
+K folders' checkpoints together, checked, as one unsharded job would have written them.
+
 Failures: a bad input (path, option, original model) ends with one ``error:`` line and exit
 status 2 before anything is written. An ``unlearning`` that raises, or returns NaN/inf
 weights, stops the job with exit status 2 (``--debug`` shows the traceback); a run still going
@@ -332,9 +337,34 @@ def folder_lock(out: Path):
         handle.close()
 
 
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"i/K"`` -> ``(i, K)`` with 0 <= i < K; ``None`` -> ``(0, 1)`` (every checkpoint)."""
+    if text is None:
+        return 0, 1
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match:
+        raise UsageError(f"--shard {text!r}: expected i/K with whole numbers, e.g. 0/4")
+    index, count = int(match[1]), int(match[2])
+    if count < 1 or index >= count:
+        raise UsageError(
+            f"--shard {text}: needs 0 <= i < K (shards are numbered 0 to K-1), "
+            f"e.g. 0/{max(count, 2)}"
+        )
+    return index, count
+
+
+def shard_indices(args) -> list[int]:
+    """The checkpoints this job writes: all N, or those of its shard."""
+    index, count = parse_shard(args.shard)
+    return [j for j in range(args.n) if j % count == index]
+
+
 def job_identity(args, method: Method, original_sha: str, fingerprint) -> dict:
-    """What must match for a folder's checkpoints to be reused by a resumed job."""
+    """What must match for a folder's checkpoints to be reused by a resumed job (a shard's
+    folder also records its shard; unsharded folders have no such entry, as before)."""
+    shard = {} if args.shard is None else {"shard": "{}/{}".format(*parse_shard(args.shard))}
     return {
+        **shard,
         "method": method.name,
         "hyperparameters": {k: repr(v) for k, v in method.hparams.items()},
         "seed": args.seed,
@@ -586,7 +616,7 @@ def per_run_budget(args) -> float:
     """``--budget-s``, or an even share of the job budget (less what saving and loading cost)."""
     if args.budget_s is not None:
         return args.budget_s
-    return SHARE_OF_BUDGET * args.budget_h * 3600 / args.n
+    return SHARE_OF_BUDGET * args.budget_h * 3600 / len(shard_indices(args))
 
 
 def prepare_folder(out: Path, args, inputs: Inputs) -> dict:
@@ -639,15 +669,16 @@ def check_disk_space(out: Path, *, checkpoints: int, checkpoint_bytes: int, zip_
 
 def _run_locked(args, inputs: Inputs, out: Path) -> int:
     manifest = prepare_folder(out, args, inputs)
-    todo = [i for i in range(args.n) if str(i) not in manifest["checkpoints"]]
+    mine = shard_indices(args)
+    todo = [i for i in mine if str(i) not in manifest["checkpoints"]]
     check_disk_space(
         out,
         checkpoints=len(todo),
         checkpoint_bytes=Path(args.original).stat().st_size,
         zip_too=bool(args.zip),
     )
-    if len(todo) < args.n:
-        kept = args.n - len(todo)
+    if len(todo) < len(mine):
+        kept = len(mine) - len(todo)
         print(f"resuming: {kept} valid checkpoints kept, {len(todo)} to do", file=sys.stderr)
     budget_s = per_run_budget(args)
     prior = budget_s if inputs.method.takes_budget else 0.0
@@ -659,7 +690,7 @@ def _run_locked(args, inputs: Inputs, out: Path) -> int:
         warm_up()
         with job_time_limit(watch, "the warm-up run"):
             run_once(inputs, args, args.seed, budget_s)
-    with progress_bar(args.n, args.n - len(todo)) as bar:
+    with progress_bar(len(mine), len(mine) - len(todo)) as bar:
         for i in todo:
             if not watch.can_start():
                 log_job(out, manifest, watch, stopped=True)
@@ -713,7 +744,7 @@ def fingerprint(inputs: Inputs):
 
 def summary(watch: BudgetWatch, args) -> str:
     if not watch.run_seconds:
-        return f"all {args.n} checkpoints were already there"
+        return f"all {len(shard_indices(args))} checkpoints were already there"
     return (
         f"done: {len(watch.run_seconds)} runs in {watch.elapsed():.1f} s "
         f"({watch.estimate():.2f} s per run); at that pace {watch.runs_that_fit()} runs "
@@ -739,7 +770,8 @@ def log_job(out: Path, manifest: dict, watch: BudgetWatch, *, stopped: bool) -> 
 def stop_for_budget(args, watch: BudgetWatch, out: Path, manifest: dict) -> int:
     have = len(manifest["checkpoints"])
     print(
-        f"error: stopped with {have} of {args.n} checkpoints in {out}: the next run "
+        f"error: stopped with {have} of {len(shard_indices(args))} checkpoints in {out}: "
+        "the next run "
         f"(about {watch.estimate():.1f} s) would overrun the {args.budget_h:g} h budget. "
         f"Rerun the same command with a larger --budget-h (or a smaller --budget-s) to finish.",
         file=sys.stderr,
@@ -772,6 +804,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     p.add_argument("--zip", action="store_true", help=f"also write {ZIP_NAME}")
+    p.add_argument(
+        "--shard",
+        metavar="i/K",
+        help="write only the checkpoints j with j %% K == i (merge the K folders with "
+        "'python -m submission.run merge')",
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks of a failing method")
     return p
 
@@ -785,9 +823,20 @@ def check_args(args) -> None:
         raise UsageError(f"--seed must be non-negative, got {args.seed}")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    _, count = parse_shard(args.shard)
+    if count > 1 and args.zip:
+        raise UsageError(
+            "--zip needs all N checkpoints in one folder: give it to "
+            "'python -m submission.run merge' instead"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["merge"]:
+        from .merge import main as merge_main
+
+        return merge_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         check_args(args)

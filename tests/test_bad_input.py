@@ -46,6 +46,8 @@ IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 ENTRY_POINTS = {
     "local_eval": local_eval_main,
     "score": lambda argv: local_eval_main(["score", *argv]),
+    "shard": lambda argv: local_eval_main(["shard", *argv]),
+    "merge": lambda argv: local_eval_main(["merge", *argv]),
     "run": run_main,
     "profile": profile_main,
     "notebooks": notebooks_main,
@@ -102,6 +104,16 @@ class World:
             ),
         )
         self.arrays()
+
+    def shard(self, name: str) -> Path:
+        """A shard folder of a tiny evaluation (made on first use): ``s0``, ``s1``: shards
+        0/2 and 1/2; ``t1``: 1/2 with another recipe; ``u1``: 1/3."""
+        folder = self.root / "shards" / name
+        if not folder.exists():
+            which, extra = SHARDS[name]
+            argv = ["shard", "--shard", which, *QUICK_SHARD, *extra, "--out", str(folder)]
+            assert local_eval_main(argv) == 0, name
+        return folder
 
     def _save(self, name: str, obj) -> Path:
         torch.save(obj, self.root / name)
@@ -206,6 +218,9 @@ class Case:
 
 
 QUICK_LE = ["--n-models", "2", "--epochs", "1", "--workers", "1", "--quiet"]
+QUICK_SHARD = [*QUICK_LE, "--method", "finetune", "--no-cache"]
+SHARDS = {"s0": ("0/2", []), "s1": ("1/2", []), "t1": ("1/2", ["--epochs", "2"]),
+          "u1": ("1/3", [])}  # fmt: skip
 DIGITS_RUN = ["--data", "digits", "--arch", "smallcnn", "--n", "2", "--budget-s", "0.2"]
 
 
@@ -222,6 +237,16 @@ def run(*args, original="orig"):
         return [*DIGITS_RUN, "--original", str(path), *_expand(w, args)]
 
     return argv
+
+
+def sh(*args):
+    """A shard case: quick settings, then ``args``."""
+    return lambda w: [*QUICK_SHARD, "--cache-dir", str(w.cache), *_expand(w, args)]
+
+
+def shards(*names):
+    """A merge case: the World's shard folders ``names``."""
+    return lambda w: [str(w.shard(name)) for name in names]
 
 
 def raw(*args):
@@ -333,6 +358,19 @@ CASES = [
     Case("score-bad-targets", "score", raw("--unlearned", f("logits.npy"),
                                            "--retrained", f("logits.npy"),
                                            "--targets", f("targets_bad.npy")), "", out="none"),
+    # --- python -m local_eval shard / merge
+    Case("shard-2-of-2", "shard", sh("--shard", "2/2"), "--shard: shard 2/2: the shard number "
+         "must be in 0..1"),
+    Case("shard-0-of-0", "shard", sh("--shard", "0/0"), "the number of shards must be at least 1"),
+    Case("shard-text", "shard", sh("--shard", "a/b"), "bad shard 'a/b': expected i/K"),
+    Case("shard-no-out", "shard", sh("--shard", "0/2"), "give --out SHARD_DIR", out="none"),
+    Case("merge-missing", "merge", shards("s0"), "missing shard(s) 1/2 (4 of 8 jobs"),
+    Case("merge-duplicate", "merge", shards("s0", "s1", "s0"), "shard 0/2 given twice"),
+    Case("merge-mismatch", "merge", shards("s0", "t1"), "different evaluations (recipe.epochs: "
+         "1 vs 2)"),
+    Case("merge-other-split", "merge", shards("s0", "u1"), "merge the shards of one split"),
+    Case("merge-not-a-shard", "merge", raw(lambda w: w.a_dir), "is not a finished shard folder"),
+    Case("merge-no-folder", "merge", raw(f("none")), "shard folder not found"),
     # --- python -m submission.run: options
     Case("run-n0", "run", run("--n", "0", "--method", "finetune"), "--n must be at least 1"),
     Case("run-neg-budget-s", "run", run("--budget-s", "-1", "--method", "finetune"),
@@ -353,6 +391,12 @@ CASES = [
          "cannot load --data 'imagenet'"),
     Case("run-forget", "run", run("--method", "finetune", "--forget", "random:2"),
          "fraction must be in (0, 1)"),
+    Case("run-shard-text", "run", run("--method", "finetune", "--shard", "a/b"),
+         "--shard 'a/b': expected i/K"),
+    Case("run-shard-2-of-2", "run", run("--method", "finetune", "--shard", "2/2"),
+         "--shard 2/2: needs 0 <= i < K"),
+    Case("run-shard-zip", "run", run("--method", "finetune", "--shard", "0/2", "--zip"),
+         "--zip needs all N checkpoints in one folder"),
     # --- python -m submission.run: the original model
     Case("run-orig-missing", "run", run("--method", "finetune", original=f("none.pth")),
          "original model not found"),

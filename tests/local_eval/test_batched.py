@@ -163,14 +163,12 @@ def test_group_sizes_share_the_models_among_workers():
 
 
 def test_batched_models_have_their_own_cache_keys(digits, recipe):
-    def key(trainer):
-        args = (digits, "smallcnn", recipe, "cpu", ModelCache(None), False, 1)
-        return _ModelSource(*args, trainer).key("retrained")
+    def key(*trainer):
+        args = (digits, "smallcnn", recipe, ModelCache(None), None, False)
+        return _ModelSource(*args, *trainer).key("retrained")
 
     assert key("batched") != key("sequential")
-    assert key("sequential") == _ModelSource(
-        digits, "smallcnn", recipe, "cpu", ModelCache(None), False, 1
-    ).key("retrained")  # the sequential trainer's cache entries are still found
+    assert key("sequential") == key()  # the sequential trainer's cache entries are still found
 
 
 def test_unknown_trainer_and_unbatchable_recipe_are_clean_errors(tmp_path, capsys):
