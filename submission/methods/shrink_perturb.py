@@ -11,8 +11,9 @@ draws its own fresh initialisation, mixes it into the weights (giving every run 
 function, as a seed would), and fine-tunes on the retain set alone, which restores accuracy
 while the forget set, no longer reinforced, drifts towards held-out confidence.
 
-Recipe: the shrink-and-perturb warm start of Ash and Adams ("On Warm-Starting Neural
-Network Training", NeurIPS 2020): ``w <- shrink * w + perturb * w_init`` for the weight and
+Recipe (the kit's own, 2026; its first step is the shrink-and-perturb warm start of
+Ash and Adams ("On Warm-Starting Neural
+Network Training", NeurIPS 2020)): ``w <- shrink * w + perturb * w_init`` for the weight and
 bias of every convolution and linear layer, ``w_init`` a fresh draw of the layer's default
 initialisation (so the noise has each layer's own scale, for any architecture; BatchNorm
 layers keep their parameters and statistics), then cross-entropy on retain with Adam, a
