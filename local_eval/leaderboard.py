@@ -13,7 +13,12 @@ Confidence intervals: the report's 95% bootstrap interval of F over the forget e
 (the models held fixed), carried to the final score through the utility ratios. With a
 small N they are wide; the ``vs leader`` column says whether the leader's lead over the
 runner-up holds beyond them (non-overlapping intervals) and which other methods' intervals
-overlap the leader's.
+overlap the leader's. That test is strict: two methods face the same forget examples, and
+an example that is hard for one is mostly hard for the other, so separate intervals
+overstate how uncertain their difference is. The ``leader ahead by`` column gives the
+paired interval too: the leader's score minus the row's, with the forget examples
+resampled jointly (:func:`local_eval.report.paired_bootstrap`). Both are printed; the
+verdict says which of them the lead clears.
 """
 
 from __future__ import annotations
@@ -28,11 +33,23 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
-__all__ = ["Row", "build_parser", "format_markdown", "main", "rank", "versus_leader"]
+import numpy as np
+
+__all__ = [
+    "Row",
+    "build_parser",
+    "format_markdown",
+    "lead_holds",
+    "lead_holds_paired",
+    "leader_ahead",
+    "main",
+    "rank",
+    "versus_leader",
+]
 
 FILES = ("leaderboard.md", "leaderboard.json", "leaderboard.png")
 
@@ -54,6 +71,9 @@ class Row:
     default: bool = False  # submission.DEFAULT_METHOD, what submission.unlearning runs
     error: str | None = None  # one line; set when the method failed
     notes: tuple[str, ...] = ()  # the method's warnings (what it skipped to fit the budget)
+    # Each forget example's share of the score (its F points times the utility ratios; their
+    # mean is ``score``), for the paired intervals; not written to the JSON.
+    example_scores: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def failed(self) -> bool:
@@ -93,16 +113,51 @@ def versus_leader(ranked: Sequence[Row]) -> list[str]:
     return column
 
 
+def leader_ahead(ranked: Sequence[Row], *, seed: int = 0) -> list[tuple[float, float] | None]:
+    """Per ranked row, the paired 95% interval of (leader's score - row's score).
+
+    ``None`` for the leader, failed rows, and rows (or a leader) without ``example_scores``.
+    """
+    scored = [r for r in ranked if not r.failed]
+    leader = scored[0] if scored else None
+    if leader is None or leader.example_scores is None:
+        return [None] * len(ranked)
+    from .report import paired_bootstrap
+
+    return [
+        None
+        if row is leader or row.failed or row.example_scores is None
+        else paired_bootstrap(leader.example_scores, row.example_scores, seed=seed)
+        for row in ranked
+    ]
+
+
+def lead_holds_paired(ranked: Sequence[Row]) -> bool | None:
+    """Whether the paired interval of the leader's lead over the runner-up lies above 0
+    (``None``: fewer than two scored rows, or no per-example scores)."""
+    scored = [r for r in ranked if not r.failed]
+    if len(scored) < 2:
+        return None
+    interval = leader_ahead(scored[:2])[1]
+    return None if interval is None else bool(interval[0] > 0.0)
+
+
 def lead_holds(ranked: Sequence[Row]) -> bool | None:
     """Whether the leader's score interval lies above the runner-up's (``None``: < 2 scored)."""
     scored = [r for r in ranked if not r.failed]
     if len(scored) < 2:
         return None
-    return scored[0].score_ci95[0] > scored[1].score_ci95[1]
+    return bool(scored[0].score_ci95[0] > scored[1].score_ci95[1])
 
 
-def row_from_report(method: str, report: dict, *, default: bool = False) -> Row:
-    """A board row from a ``local_eval.report.build_report`` dict; a NaN score -> failed."""
+def row_from_report(
+    method: str, report: dict, *, default: bool = False, points: np.ndarray | None = None
+) -> Row:
+    """A board row from a ``local_eval.report.build_report`` dict; a NaN score -> failed.
+
+    ``points``: the report's per-example F points (``ExampleDetails.points``), kept as the
+    row's ``example_scores`` for the paired intervals.
+    """
     from .metric import final_score
 
     score = report["score"]
@@ -133,6 +188,9 @@ def row_from_report(method: str, report: dict, *, default: bool = False) -> Row:
         ratio_to_retraining=t["ratio_to_retraining"],
         runs_over_budget=report.get("method", {}).get("runs_over_budget"),
         default=default,
+        # The score is linear in F (F times the utility ratios), so each example's share is
+        # its points times the score of F = 1.
+        example_scores=None if points is None else np.asarray(points) * score_at(1.0),
     )
 
 
@@ -186,15 +244,17 @@ def format_markdown(ranked: Sequence[Row], meta: dict) -> str:
 def _table(ranked: Sequence[Row]) -> list[str]:
     head = (
         "| # | method | score [95% CI] | F | F / ceiling | retain ratio | test ratio "
-        "| s / run | x retraining | vs leader |"
+        "| s / run | x retraining | vs leader | leader ahead by [paired 95% CI] |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     column = versus_leader(ranked)
     place = 0
-    for row, versus in zip(ranked, column, strict=True):
+    for row, versus, ahead in zip(ranked, column, leader_ahead(ranked), strict=True):
         name = f"`{row.method}`" + (" (default)" if row.default else "")
         if row.failed:
-            lines.append(f"| - | {name} | **failed**: {_escape(row.error)} |  |  |  |  |  |  |  |")
+            lines.append(
+                f"| - | {name} | **failed**: {_escape(row.error)} |  |  |  |  |  |  |  |  |"
+            )
             continue
         place += 1
         low, high = row.score_ci95
@@ -203,9 +263,16 @@ def _table(ranked: Sequence[Row]) -> list[str]:
             f"| {place} | {name} | {row.score:.3f} [{low:.3f}, {high:.3f}] "
             f"| {row.forget_quality:.3f} | {_pct(row.fraction_of_ceiling)} "
             f"| {row.retain_ratio:.3f} | {row.test_ratio:.3f} "
-            f"| {row.seconds_per_run:.2f}{over} | {row.ratio_to_retraining:.2f} | {versus} |"
+            f"| {row.seconds_per_run:.2f}{over} | {row.ratio_to_retraining:.2f} | {versus} "
+            f"| {_ahead(ranked[0].score - row.score, ahead) if place > 1 else ''} |"
         )
     return lines
+
+
+def _ahead(gap: float, interval: tuple[float, float] | None) -> str:
+    if interval is None:
+        return f"{gap:+.3f} [n/a]"
+    return f"{gap:+.3f} [{interval[0]:+.3f}, {interval[1]:+.3f}]"
 
 
 def _verdict(ranked: Sequence[Row]) -> str:
@@ -216,14 +283,22 @@ def _verdict(ranked: Sequence[Row]) -> str:
         return "Fewer than two methods scored: no ranking to judge." + tail
     first, second = [r for r in ranked if not r.failed][:2]
     overlapping = sum(v == "overlaps leader" for v in versus_leader(ranked))
+    paired = lead_holds_paired(ranked)
+    paired_text = {
+        True: " Paired over the same forget examples, the lead's 95% interval lies above 0.",
+        False: " Paired over the same forget examples, the lead's 95% interval includes 0: "
+        "the two are not told apart on these examples.",
+        None: "",
+    }[paired]
     if holds:
         return (
             f"`{first.method}` leads `{second.method}` beyond the 95% CIs "
-            f"(non-overlapping intervals).{tail}"
+            f"(non-overlapping intervals).{paired_text}{tail}"
         )
     return (
         f"`{first.method}` ranks first, but its lead over `{second.method}` does not hold beyond "
-        f"the 95% CIs: {overlapping} method(s) overlap the leader's interval.{tail}"
+        f"the separate 95% CIs: {overlapping} method(s) overlap the leader's interval."
+        f"{paired_text}{tail}"
     )
 
 
@@ -244,11 +319,24 @@ def _pct(x: float | None) -> str:
 
 def to_json(ranked: Sequence[Row], meta: dict) -> dict:
     column = versus_leader(ranked)
-    rows = [
-        {"rank": None if r.failed else i + 1, **asdict(r), "vs_leader": v or None}
-        for i, (r, v) in enumerate(zip(ranked, column, strict=True))
-    ]
-    return {**meta, "lead_holds_beyond_ci": lead_holds(ranked), "rows": rows}
+    ahead = leader_ahead(ranked)
+    rows = []
+    for i, (r, v, a) in enumerate(zip(ranked, column, ahead, strict=True)):
+        fields = {k: val for k, val in asdict(r).items() if k != "example_scores"}
+        rows.append(
+            {
+                "rank": None if r.failed else i + 1,
+                **fields,
+                "vs_leader": v or None,
+                "leader_ahead_ci95": a,
+            }
+        )
+    return {
+        **meta,
+        "lead_holds_beyond_ci": lead_holds(ranked),
+        "lead_holds_paired": lead_holds_paired(ranked),
+        "rows": rows,
+    }
 
 
 def plot(ranked: Sequence[Row], meta: dict, path: Path) -> None:
@@ -357,8 +445,10 @@ def evaluate_methods(
                 rows.append(failed(error=one_line(exc)))
             else:
                 try:
-                    report, _ = build_report(result.signals, context=_report_context(result))
-                    row = row_from_report(name, report, default=name == default)
+                    report, details = build_report(result.signals, context=_report_context(result))
+                    row = row_from_report(
+                        name, report, default=name == default, points=details.points
+                    )
                 except Exception as exc:
                     row = failed(error=f"report: {one_line(exc)}")
                 else:

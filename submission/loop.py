@@ -189,6 +189,15 @@ class TrainLoop:
             self._timings.planned_steps += self.planned_steps
 
     @property
+    def calibrated(self) -> bool:
+        """Whether :attr:`fraction` rests on timed steps (always, without a budget: it is 1).
+
+        A method that sizes something by the work it can afford (``shrink_perturb`` sizes its
+        noise by the epochs of relearning that fit) waits for this before acting.
+        """
+        return self.deadline.budget_s is None or self.steps >= self.probe_steps
+
+    @property
     def seconds_per_step(self) -> float:
         return self.step_seconds / self.steps if self.steps else 0.0
 

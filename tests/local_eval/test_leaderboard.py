@@ -4,6 +4,7 @@ import json
 import math
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,6 +14,8 @@ from local_eval.leaderboard import (
     Row,
     format_markdown,
     lead_holds,
+    lead_holds_paired,
+    leader_ahead,
     rank,
     row_from_report,
     to_json,
@@ -103,22 +106,70 @@ def test_markdown_marks_default_and_failed_and_states_the_setup():
     assert "N = 3 models per group; budget 0.5 s per run; 2024-01-01" in text
     table = [line for line in lines if line.startswith("| ")][1:]  # without the header
     assert table[0].startswith("| 1 | `a` | 0.300 [0.220, 0.380] |")
-    assert table[0].endswith("| within CIs |")
+    assert table[0].endswith("| within CIs |  |")
     assert table[1].startswith("| 2 | `mine` (default) |")
-    assert table[1].endswith("| overlaps leader |")
+    assert table[1].endswith("| overlaps leader | +0.050 [n/a] |")  # no per-example scores
     failed = "| - | `broken` | **failed**: unlearning run 1/3 raised RuntimeError: a \\| b |"
     assert table[2].startswith(failed)
-    assert all(line.count("|") - line.count("\\|") == 11 for line in table)  # 10 columns
-    assert "does not hold beyond the 95% CIs: 1 method(s) overlap" in text
+    assert all(line.count("|") - line.count("\\|") == 12 for line in table)  # 11 columns
+    assert "does not hold beyond the separate 95% CIs: 1 method(s) overlap" in text
     assert "default method `mine` ranks 2" in text
 
     data = to_json(ranked, meta)
     assert data["lead_holds_beyond_ci"] is False
+    assert data["lead_holds_paired"] is None  # the rows carry no per-example scores
     assert [(r["rank"], r["method"], r["vs_leader"]) for r in data["rows"]] == [
         (1, "a", "within CIs"),
         (2, "mine", "overlaps leader"),
         (None, "broken", None),
     ]
+
+
+def test_paired_interval_tells_apart_what_separate_intervals_cannot():
+    # Two methods on the same 200 examples: per-example values vary a lot (hard and easy
+    # examples) but B is always 0.02 below A, plus small noise. Separately their intervals
+    # overlap; paired, the lead is clearly above 0.
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.0, 0.4, size=200)
+    a = base + 0.01
+    b = base - 0.01 + rng.normal(0.0, 0.005, size=200)
+    rows = [
+        scored("a", a.mean(), a.mean() - 0.03, a.mean() + 0.03, example_scores=a),
+        scored("b", b.mean(), b.mean() - 0.03, b.mean() + 0.03, example_scores=b),
+        scored("c", 0.01, 0.0, 0.02, example_scores=np.full(200, 0.01)),
+    ]
+    ranked = rank(rows)
+    assert lead_holds(ranked) is False
+    assert lead_holds_paired(ranked) is True
+    ahead = leader_ahead(ranked)
+    assert ahead[0] is None
+    low, high = ahead[1]
+    assert 0.018 < low < 0.02 < high < 0.022  # the gap is 0.02 to within the noise
+    assert low > 0.0
+    text = format_markdown(ranked, {})
+    assert "lead's 95% interval lies above 0" in text
+    assert f"| +{a.mean() - b.mean():.3f} [+{low:.3f}, +{high:.3f}] |" in text
+    data = to_json(ranked, {})
+    assert data["lead_holds_paired"] is True
+    assert "example_scores" not in data["rows"][0]  # per-example values stay out of the JSON
+    assert data["rows"][1]["leader_ahead_ci95"] == pytest.approx([low, high])
+    json.dumps(data)
+
+
+def test_paired_interval_includes_zero_for_a_coin_flip():
+    rng = np.random.default_rng(1)
+    a, b = rng.uniform(0, 0.3, 300), rng.uniform(0, 0.3, 300)
+    first, second = (a, b) if a.mean() >= b.mean() else (b, a)
+    ranked = rank(
+        [
+            scored("x", first.mean(), 0.0, 0.3, example_scores=first),
+            scored("y", second.mean(), 0.0, 0.3, example_scores=second),
+        ]
+    )
+    low, high = leader_ahead(ranked)[1]
+    assert low < 0.0 < high
+    assert lead_holds_paired(ranked) is False
+    assert "the two are not told apart" in format_markdown(ranked, {})
 
 
 def test_markdown_lists_method_notes():
@@ -141,8 +192,11 @@ def test_row_from_report_carries_the_interval_through_the_utility_ratios():
         "time": {"unlearning_s_mean": 0.4, "ratio_to_retraining": 0.12},
         "method": {"runs_over_budget": 1},
     }
-    row = row_from_report("m", report, default=True)
+    row = row_from_report("m", report, default=True, points=np.array([0.0, 0.2, 0.4]))
     assert row.score_ci95 == pytest.approx((0.1 * 0.72, 0.3 * 0.72))
+    # each example's share of the score: its points times the utility ratios; mean = score
+    assert row.example_scores == pytest.approx([0.0, 0.2 * 0.72, 0.4 * 0.72])
+    assert row.example_scores.mean() == pytest.approx(row.score)
     assert (row.runs_over_budget, row.default, row.failed) == (1, True, False)
     nan = row_from_report("m", {**report, "score": math.nan})
     assert nan.failed and "NaN" in nan.error

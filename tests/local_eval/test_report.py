@@ -139,3 +139,23 @@ def test_signals_file_must_be_complete(tmp_path):
     np.savez(tmp_path / "x.npz", targets=np.zeros(3))
     with pytest.raises(ValueError, match="not an evaluator signals file"):
         EvalSignals.load(tmp_path / "x.npz")
+
+
+def test_paired_bootstrap_interval_of_a_constant_gap_is_that_gap():
+    from local_eval.report import paired_bootstrap
+
+    rng = np.random.default_rng(3)
+    a = rng.uniform(0.0, 1.0, 50)
+    assert paired_bootstrap(a, a - 0.25) == pytest.approx((0.25, 0.25))
+    # an unpaired difference of two independent arrays: the interval holds its mean gap
+    b = rng.uniform(0.0, 1.0, 50)
+    low, high = paired_bootstrap(a, b)
+    assert low < a.mean() - b.mean() < high
+    assert high - low > 0.1  # wide: nothing shared between a and b
+
+
+def test_paired_bootstrap_refuses_unpaired_arrays():
+    from local_eval.report import paired_bootstrap
+
+    with pytest.raises(ValueError, match="equal-length 1-D arrays"):
+        paired_bootstrap(np.zeros(5), np.zeros(4))

@@ -133,3 +133,20 @@ def test_run_epochs_gives_each_epoch_fresh_batches_and_stops_once_cut():
     cut = TrainLoop(Deadline(0.3), planned_steps=1, probe_steps=100)  # backstop only
     cut.run_epochs(5, batches, lambda b: time.sleep(0.05), steps=100)
     assert cut.stopped and started == [0]  # the first epoch was cut; no later one started
+
+
+def test_loop_is_calibrated_once_the_probe_steps_are_timed():
+    seen = []
+    loop = TrainLoop(Deadline(1.0), planned_steps=1000, probe_steps=3)
+
+    def step(batch):
+        seen.append((loop.calibrated, loop.fraction))
+        time.sleep(0.01)
+
+    loop.run(range(100), step, steps=100)  # this phase gets its share: about 8 steps
+    assert [c for c, _ in seen[:4]] == [False, False, False, True]
+    assert all(c for c, _ in seen[3:]) and len(seen) < 20
+    assert seen[2][1] == 1.0  # nothing measured yet
+    assert seen[3][1] < 0.2  # 1000 steps of 10 ms do not fit in 1 s
+    # without a budget there is nothing to measure: calibrated from the first step
+    assert TrainLoop(Deadline(None), planned_steps=10).calibrated

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+import submission.methods.shrink_perturb as shrink_perturb_module
 from submission import METHODS, seed_everything
 from submission.loop import record_timings
 from submission.methods.contrastive import contrastive_unlearning_loss
@@ -25,7 +26,7 @@ from submission.methods.fisher_forgetting import (
 )
 from submission.methods.forget_contrast import kl_to_uniform, output_contrast
 from submission.methods.prune_reinit import reinit_smallest
-from submission.methods.shrink_perturb import shrink_and_perturb
+from submission.methods.shrink_perturb import auto_perturb, shrink_and_perturb
 from submission.methods.svd_projection import forget_projection, scaled_projector
 
 from .conftest import make_data, make_loader, make_net
@@ -346,6 +347,65 @@ def test_shrink_perturb_runs_differ_by_seed_and_repeat_with_the_same_seed():
 
     assert torch.equal(run(3), run(3))
     assert not torch.allclose(run(3), run(4))
+
+
+def test_auto_perturb_grows_with_the_epochs_of_relearning():
+    assert auto_perturb(1.0) == pytest.approx(0.5)
+    assert auto_perturb(2.0) == pytest.approx(0.5 + 0.2 * math.log(2.0))  # 0.639
+    assert auto_perturb(0.5) == pytest.approx(0.5 - 0.2 * math.log(2.0))  # 0.361
+    assert auto_perturb(0.01) == 0.1 and auto_perturb(0.0) == 0.1  # some noise always
+    assert auto_perturb(1e6) == 1.0  # never more than a whole fresh draw
+
+
+def spy_on_perturbation(monkeypatch, net):
+    """Record each perturbation's size and how many forward passes ran before it."""
+    forwards, calls = [0], []
+    net.register_forward_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
+    real = shrink_perturb_module.shrink_and_perturb
+
+    def spy(model, *, shrink, perturb):
+        calls.append((forwards[0], perturb))
+        real(model, shrink=shrink, perturb=perturb)
+
+    monkeypatch.setattr(shrink_perturb_module, "shrink_and_perturb", spy)
+    return calls
+
+
+def test_shrink_perturb_sizes_its_noise_by_the_epochs_that_fit(monkeypatch):
+    images, labels = make_data(64, seed=1)
+    loader = make_loader(images, labels, form="tuple", batch_size=16)
+    epochs_seen = []
+    monkeypatch.setattr(
+        shrink_perturb_module,
+        "auto_perturb",
+        lambda e: epochs_seen.append(e) or auto_perturb(e),
+    )
+    # no budget: every planned epoch runs, the noise is sized for all of them, before step 1
+    net = make_net(0)
+    calls = spy_on_perturbation(monkeypatch, net)
+    METHODS["shrink_perturb"](net, loader, loader, loader, epochs=3)
+    assert epochs_seen == [3.0]
+    assert calls == [(0, pytest.approx(auto_perturb(3.0)))]
+    # a budget that fits a small share of 2000 planned epochs: the three timing steps run on
+    # the unperturbed model, then the noise is sized for the epochs that fit
+    net = make_net(0)
+    epochs_seen.clear()
+    calls = spy_on_perturbation(monkeypatch, net)
+    METHODS["shrink_perturb"](net, loader, loader, loader, epochs=2000, budget_s=0.5)
+    assert len(epochs_seen) == 1 and 0.0 < epochs_seen[0] < 1000
+    assert calls == [(3, pytest.approx(auto_perturb(epochs_seen[0])))]
+    # a number fixes the size
+    net = make_net(0)
+    calls = spy_on_perturbation(monkeypatch, net)
+    METHODS["shrink_perturb"](net, loader, loader, loader, epochs=1, perturb=0.3)
+    assert calls == [(0, 0.3)]
+
+
+def test_shrink_perturb_warns_when_the_budget_leaves_no_relearning():
+    images, labels = make_data(64, seed=1)
+    loader = make_loader(images, labels, form="tuple", batch_size=16)
+    with pytest.warns(UserWarning, match="ran out within the .* timing steps"):
+        METHODS["shrink_perturb"](make_net(0), loader, loader, loader, budget_s=1e-6)
 
 
 @pytest.mark.parametrize(
