@@ -39,12 +39,14 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from .batched_ops import stacked_forward, supports
 from .data import Split
 from .models import build_model
 from .signals import accuracy, model_logits
@@ -124,12 +126,7 @@ def _train_group(arch, data, val, recipe, num_classes, device, seeds) -> list[Tr
     models = [m.to(device) for m in models]
     stacked, buffers = stack_module_state(models)
     params = nn.ParameterDict({_safe(k): nn.Parameter(v.detach()) for k, v in stacked.items()})
-    template = copy.deepcopy(models[0]).to("meta").train()
-
-    def forward(p, b, x):
-        return functional_call(template, (p, b), (x,))
-
-    batched_forward = vmap(forward)
+    batched_forward = _batched_forward(copy.deepcopy(models[0]).to("meta").train())
     optimizer = _optimizer(params, recipe)
     steps_per_epoch = -(-len(data) // recipe.batch_size)
     scheduler = _scheduler(optimizer, recipe, recipe.epochs * steps_per_epoch)
@@ -155,6 +152,21 @@ def _train_group(arch, data, val, recipe, num_classes, device, seeds) -> list[Tr
         _unstacked(model, k, stacked, params, buffers, val, device, seconds, recipe.epochs)
         for k, model in enumerate(models)
     ]
+
+
+def _batched_forward(template: nn.Module):
+    """``forward(params, buffers, images [K, B, ...]) -> logits [K, B, classes]`` for K
+    stacked copies of ``template`` (on the meta device: only its structure is read). The
+    hand-written channels-last forward of :mod:`local_eval.batched_ops` when it covers every
+    layer type of the model (the ``smallcnn``), else ``vmap`` over ``functional_call`` (any
+    model, e.g. ResNet-18)."""
+    if supports(template):
+        return partial(stacked_forward, template)
+
+    def forward(p, b, x):
+        return functional_call(template, (p, b), (x,))
+
+    return vmap(forward)
 
 
 def _safe(name: str) -> str:

@@ -1,0 +1,211 @@
+"""A hand-written forward pass for K stacked copies of one ``nn.Sequential`` CNN.
+
+:func:`stacked_forward` runs K models of one architecture, each on its own batch, from
+weights stacked along a leading model axis (the tensors ``torch.func.stack_module_state``
+returns, keyed by ``state_dict`` name). Autograd through it gives every model the gradient
+of its own loss, as K separate runs would. :func:`supports` says which models it covers;
+:data:`LAYERS` maps each covered layer type to its batched form.
+
+Why not ``vmap(functional_call)`` (the general path, kept for other architectures): on a
+CPU its batching rules run the K models' convolutions, BatchNorms and max-pools on NCHW
+layouts whose kernels take slow paths (measured on the digits ``smallcnn``, 1 thread,
+K = 16: max-pool 5.8 ms, grouped convolution backward 3.9 ms, BatchNorm 2.5 ms per call),
+so a vmapped step cost ~2.5 ms per model against ~3.2 ms for one model alone.
+
+How it is done here: the K models' activations live side by side as the channels of one
+channels-last image batch ``[B, K*C, H, W]`` (model k's channels are ``k*C .. k*C+C-1``).
+Then every image layer is a single native call whose channels-last CPU kernel is fast:
+
+- ``Conv2d``: ``F.conv2d`` with ``groups = K * groups`` and the K weights concatenated
+  (oneDNN's grouped convolution; for channels-last its forward runs at ~60 GFLOP/s on one
+  core here, against ~25 for an im2col + ``bmm`` formulation, which was tried first);
+- ``BatchNorm2d``: ``F.batch_norm`` over the K*C channels with views of the stacked running
+  statistics, i.e. the very kernel ``nn.BatchNorm2d`` calls: statistics per (model, channel)
+  over its own batch, running mean/var updated in place (momentum, unbiased variance);
+  ``num_batches_tracked`` is counted here;
+- ``ReLU``, ``MaxPool2d``, ``AdaptiveAvgPool2d``, ``Identity``: as is (they act per channel);
+- ``Flatten`` reorders to ``[K, B, C*H*W]`` in each model's own (C, H, W) order, so the
+  ``Linear`` weights are the sequential model's unchanged, and ``Linear`` is one ``baddbmm``.
+
+The logits are ``[K, B, classes]``. The maths is the modules' maths; only the summation
+order inside the kernels differs, so logits and gradients agree with the sequential model's
+to float rounding (tests: K = 1 and K = 3 against ``nn.Sequential``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["LAYERS", "stacked_forward", "supports"]
+
+
+@dataclass(frozen=True)
+class _Stack:
+    """The K models' stacked tensors, by ``state_dict`` name, and the mode."""
+
+    params: Mapping[str, torch.Tensor]
+    buffers: Mapping[str, torch.Tensor]
+    k: int
+    training: bool
+
+
+# A layer's batched forward: (module, its state_dict prefix, the stack, activation).
+LayerFn = Callable[[nn.Module, str, _Stack, torch.Tensor], torch.Tensor]
+
+
+def _conv2d(m: nn.Conv2d, p: str, s: _Stack, x: torch.Tensor) -> torch.Tensor:
+    weight = s.params[p + "weight"]  # [K, C_out, C_in / groups, kh, kw]
+    bias = s.params.get(p + "bias")
+    return F.conv2d(
+        x,
+        weight.reshape(-1, *weight.shape[2:]),
+        None if bias is None else bias.reshape(-1),
+        m.stride,
+        m.padding,
+        m.dilation,
+        s.k * m.groups,
+    )
+
+
+def _batch_norm2d(m: nn.BatchNorm2d, p: str, s: _Stack, x: torch.Tensor) -> torch.Tensor:
+    momentum = m.momentum
+    if s.training:
+        tracked = s.buffers[p + "num_batches_tracked"]
+        tracked.add_(1)
+        if momentum is None:  # cumulative moving average, as nn.BatchNorm2d
+            momentum = 1.0 / float(tracked[0])
+    return F.batch_norm(
+        x,
+        s.buffers[p + "running_mean"].view(-1),  # views: the kernel updates the stacked buffers
+        s.buffers[p + "running_var"].view(-1),
+        s.params[p + "weight"].reshape(-1),
+        s.params[p + "bias"].reshape(-1),
+        training=s.training,
+        momentum=momentum,
+        eps=m.eps,
+    )
+
+
+def _relu(m: nn.ReLU, p: str, s: _Stack, x: torch.Tensor) -> torch.Tensor:
+    return F.relu(x)
+
+
+def _identity(m: nn.Identity, p: str, s: _Stack, x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _max_pool2d(m: nn.MaxPool2d, p: str, s: _Stack, x: torch.Tensor) -> torch.Tensor:
+    return F.max_pool2d(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
+
+
+def _adaptive_avg_pool2d(m: nn.AdaptiveAvgPool2d, p: str, s: _Stack, x: torch.Tensor):
+    return F.adaptive_avg_pool2d(x, m.output_size)
+
+
+class _Flatten(torch.autograd.Function):
+    """``[B, K*C, H, W]`` (channels-last) -> ``[K, B, C*H*W]``, each model's features in
+    ``nn.Flatten``'s (C, H, W) order. Its backward writes the gradient straight back in the
+    channels-last layout: autograd's own (a permuted view) made the ReLU backward before it
+    take a strided path, 6 ms per step at K = 32."""
+
+    @staticmethod
+    def forward(ctx, x, k):
+        b, kc, h, w = x.shape
+        ctx.shape = (b, k, kc // k, h, w)
+        return x.reshape(b, k, kc // k, h, w).transpose(0, 1).reshape(k, b, -1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        b, k, c, h, w = ctx.shape
+        out = grad.new_empty((b, h, w, k, c))  # channels-last memory
+        out.copy_(grad.view(k, b, c, h, w).permute(1, 3, 4, 0, 2))
+        return out.view(b, h, w, k * c).permute(0, 3, 1, 2), None
+
+
+def _flatten(m: nn.Flatten, p: str, s: _Stack, x: torch.Tensor) -> torch.Tensor:
+    return _Flatten.apply(x, s.k)
+
+
+def _linear(m: nn.Linear, p: str, s: _Stack, x: torch.Tensor) -> torch.Tensor:
+    w = s.params[p + "weight"].transpose(1, 2)  # [K, in, out]
+    bias = s.params.get(p + "bias")
+    return torch.bmm(x, w) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, w)
+
+
+def _always(m: nn.Module) -> bool:
+    return True
+
+
+def _conv_ok(m: nn.Conv2d) -> bool:
+    return m.padding_mode == "zeros" and not isinstance(m.padding, str)
+
+
+def _bn_ok(m: nn.BatchNorm2d) -> bool:
+    return m.affine and m.track_running_stats
+
+
+def _flatten_ok(m: nn.Flatten) -> bool:
+    return m.start_dim == 1 and m.end_dim == -1
+
+
+# Layer type -> (batched forward, which instances of the type it covers), and whether the
+# layer works on images (before Flatten) or on features (after it). Exact types: a subclass
+# may override forward(), so it is not assumed to be covered.
+LAYERS: dict[type[nn.Module], tuple[LayerFn, Callable[[nn.Module], bool], str]] = {
+    nn.Conv2d: (_conv2d, _conv_ok, "image"),
+    nn.BatchNorm2d: (_batch_norm2d, _bn_ok, "image"),
+    nn.MaxPool2d: (_max_pool2d, _always, "image"),
+    nn.AdaptiveAvgPool2d: (_adaptive_avg_pool2d, _always, "image"),
+    nn.Flatten: (_flatten, _flatten_ok, "flatten"),
+    nn.Linear: (_linear, _always, "features"),
+    nn.ReLU: (_relu, _always, "any"),
+    nn.Identity: (_identity, _always, "any"),
+}
+
+
+def supports(model: nn.Module) -> bool:
+    """Whether :func:`stacked_forward` covers ``model``: an ``nn.Sequential`` of layers of
+    the types in :data:`LAYERS` (and settings they cover): image layers, one ``Flatten``,
+    then feature layers."""
+    if type(model) is not nn.Sequential:
+        return False
+    stage = "image"
+    for m in model.children():
+        entry = LAYERS.get(type(m))
+        if entry is None or not entry[1](m):
+            return False
+        kind = entry[2]
+        if kind == "flatten":
+            if stage != "image":
+                return False
+            stage = "features"
+        elif kind != "any" and kind != stage:
+            return False
+    return stage == "features"
+
+
+def stacked_forward(
+    model: nn.Module,
+    params: Mapping[str, torch.Tensor],
+    buffers: Mapping[str, torch.Tensor],
+    images: torch.Tensor,
+    *,
+    training: bool = True,
+) -> torch.Tensor:
+    """Logits ``[K, B, classes]`` of K stacked copies of ``model`` (a template: only its
+    layer types and settings are read, never its weights) on ``images`` ``[K, B, C, H, W]``
+    (model k's batch is ``images[k]``). ``params`` / ``buffers`` map ``state_dict`` names to
+    tensors stacked along a new leading axis of size K; in training mode BatchNorm uses
+    batch statistics and updates the stacked running statistics in place."""
+    k, b, c, h, w = images.shape
+    x = images.transpose(0, 1).reshape(b, k * c, h, w)  # the K batches side by side
+    x = x.contiguous(memory_format=torch.channels_last)
+    stack = _Stack(params, buffers, k, training)
+    for name, m in model.named_children():
+        x = LAYERS[type(m)][0](m, name + ".", stack, x)
+    return x
