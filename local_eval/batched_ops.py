@@ -110,8 +110,8 @@ def _adaptive_avg_pool2d(m: nn.AdaptiveAvgPool2d, p: str, s: _Stack, x: torch.Te
 class _Flatten(torch.autograd.Function):
     """``[B, K*C, H, W]`` (channels-last) -> ``[K, B, C*H*W]``, each model's features in
     ``nn.Flatten``'s (C, H, W) order. Its backward writes the gradient straight back in the
-    channels-last layout: autograd's own (a permuted view) made the ReLU backward before it
-    take a strided path, 6 ms per step at K = 32."""
+    channels-last layout (autograd's own, a permuted view, sent the ReLU backward before it
+    down a strided path: 6 ms a step at K = 32)."""
 
     @staticmethod
     def forward(ctx, x, k):
@@ -123,7 +123,7 @@ class _Flatten(torch.autograd.Function):
     def backward(ctx, grad):
         b, k, c, h, w = ctx.shape
         out = grad.new_empty((b, h, w, k, c))  # channels-last memory
-        out.copy_(grad.view(k, b, c, h, w).permute(1, 3, 4, 0, 2))
+        out.copy_(grad.reshape(k, b, c, h, w).permute(1, 3, 4, 0, 2))
         return out.view(b, h, w, k * c).permute(0, 3, 1, 2), None
 
 
@@ -132,9 +132,14 @@ def _flatten(m: nn.Flatten, p: str, s: _Stack, x: torch.Tensor) -> torch.Tensor:
 
 
 def _linear(m: nn.Linear, p: str, s: _Stack, x: torch.Tensor) -> torch.Tensor:
-    w = s.params[p + "weight"].transpose(1, 2)  # [K, in, out]
+    """``[K, B, in] -> [K, B, out]`` computed as ``(W @ x^T)^T``: the weight gradient is
+    then ``grad^T @ x``, a well-shaped product (measured at K = 16, B = 64, 512 -> 10:
+    1.25 ms forward + backward against 1.9 ms for ``x @ W^T``)."""
+    weight = s.params[p + "weight"]  # [K, out, in]
     bias = s.params.get(p + "bias")
-    return torch.bmm(x, w) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, w)
+    xt = x.transpose(1, 2)
+    out = torch.bmm(weight, xt) if bias is None else torch.baddbmm(bias.unsqueeze(2), weight, xt)
+    return out.transpose(1, 2)
 
 
 def _always(m: nn.Module) -> bool:
@@ -206,6 +211,23 @@ def stacked_forward(
     x = images.transpose(0, 1).reshape(b, k * c, h, w)  # the K batches side by side
     x = x.contiguous(memory_format=torch.channels_last)
     stack = _Stack(params, buffers, k, training)
-    for name, m in model.named_children():
+    for name, m in _plan(model):
         x = LAYERS[type(m)][0](m, name + ".", stack, x)
     return x
+
+
+def _plan(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The layers in the order they are run: the model's, except that a ``ReLU`` directly
+    followed by a ``MaxPool2d`` runs after it. That is exact, values and gradients alike
+    (ReLU is monotone: the pool picks the same first maximum either way, and where that is
+    <= 0 both orders give 0 and a zero gradient), and the ReLU then touches a tensor
+    kernel_size^2 times smaller (on the digits model: 8x8 -> 4x4)."""
+    layers = list(model.named_children())
+    i = 0
+    while i < len(layers) - 1:
+        (_, a), (_, b) = layers[i], layers[i + 1]
+        if type(a) is nn.ReLU and type(b) is nn.MaxPool2d:
+            layers[i], layers[i + 1] = layers[i + 1], layers[i]
+            i += 1
+        i += 1
+    return layers
