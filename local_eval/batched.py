@@ -127,7 +127,7 @@ def _train_group(arch, data, val, recipe, num_classes, device, seeds) -> list[Tr
     stacked, buffers = stack_module_state(models)
     params = nn.ParameterDict({_safe(k): nn.Parameter(v.detach()) for k, v in stacked.items()})
     batched_forward = _batched_forward(copy.deepcopy(models[0]).to("meta").train())
-    optimizer = _optimizer(params, recipe)
+    optimizer = _optimizer(params, recipe, fused=True)
     steps_per_epoch = -(-len(data) // recipe.batch_size)
     scheduler = _scheduler(optimizer, recipe, recipe.epochs * steps_per_epoch)
     weight = _class_weights(data.labels, num_classes).to(device) if recipe.class_weighted else None
