@@ -1,7 +1,6 @@
 """Benchmark: reference models per minute, batched (``local_eval.batched``) vs one at a time.
 
     python -m bench.batched_training [--models 32] [--group 16] [--epochs N] [--threads 1]
-                                     [--malloc-tuned]
 
 Trains the same seeds on the default digits setup (retain split, the ``fast_smallcnn``
 recipe) twice in one process: with the plain loop (``train_new_model`` per seed) and with
@@ -9,21 +8,11 @@ the batched trainer (``group`` models per vectorised run), after a one-epoch war
 each, so torch's one-off initialisation counts for neither. Prints models per minute of
 each, their ratio (goal: >= 4x on 2 CPU cores), mean test accuracies (they should agree)
 and the process's peak RSS.
-
-``--malloc-tuned`` first sets glibc's ``mallopt`` so that freed blocks of up to 32 MB stay
-in the heap (``M_MMAP_THRESHOLD`` 32 MB, ``M_TRIM_THRESHOLD`` 1 GB), for both trainers
-alike. By default glibc hands the batched step's multi-MB activations back to the kernel
-and takes page faults to zero them again on the next step (~1,700 a step at K = 16);
-the plain loop's tensors are too small to be affected. The same effect as
-``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824`` in the environment,
-or jemalloc / tcmalloc preloaded. Linux + glibc only.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import resource
 import time
 
@@ -38,30 +27,9 @@ from local_eval.train import get_recipe, train_new_model
 GOAL_RATIO = 4.0
 
 
-def tune_malloc() -> bool:
-    """Keep freed blocks of up to 32 MB in glibc's heap (see the module docstring); False
-    where that is not glibc."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return False
-    mallopt = getattr(ctypes.CDLL(libc_name), "mallopt", None)
-    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
-    return bool(
-        mallopt is not None
-        and mallopt(m_mmap_threshold, 32 * 1024 * 1024)
-        and mallopt(m_trim_threshold, 1024 * 1024 * 1024)
-    )
-
-
 def run(
-    *,
-    models: int = 32,
-    group: int = DEFAULT_GROUP,
-    epochs: int | None = None,
-    threads: int = 1,
-    malloc_tuned: bool = False,
+    *, models: int = 32, group: int = DEFAULT_GROUP, epochs: int | None = None, threads: int = 1
 ) -> dict:
-    malloc_tuned = tune_malloc() if malloc_tuned else False
     torch.set_num_threads(threads)
     setup = load_setup("digits")
     recipe = get_recipe("fast_smallcnn", epochs=epochs)
@@ -95,7 +63,6 @@ def run(
         "group": group,
         "epochs": recipe.epochs,
         "threads": threads,
-        "malloc_tuned": malloc_tuned,
         "plain_models_per_min": 60 * models / plain_s,
         "batched_models_per_min": 60 * models / batched_s,
         "ratio": plain_s / batched_s,
@@ -111,23 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", type=int, default=DEFAULT_GROUP)
     parser.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument(
-        "--malloc-tuned",
-        action="store_true",
-        help="keep freed blocks <= 32 MB in glibc's heap (both trainers; see the docstring)",
-    )
     args = parser.parse_args(argv)
-    res = run(
-        models=args.models,
-        group=args.group,
-        epochs=args.epochs,
-        threads=args.threads,
-        malloc_tuned=args.malloc_tuned,
-    )
-    malloc = ", glibc malloc tuned" if res["malloc_tuned"] else ""
+    res = run(models=args.models, group=args.group, epochs=args.epochs, threads=args.threads)
     print(
         f"batched training: digits retain, fast_smallcnn ({res['epochs']} epochs), "
-        f"{res['models']} models, groups of {res['group']}, {res['threads']} thread(s){malloc}"
+        f"{res['models']} models, groups of {res['group']}, {res['threads']} thread(s)"
     )
     print(
         f"  one at a time: {res['plain_models_per_min']:7.1f} models/min, "
