@@ -1,10 +1,21 @@
-"""Train K models of one architecture at once: stacked weights, ``torch.func.vmap``.
+"""Train K models of one architecture at once, from weights stacked along a model axis.
 
 ``train_new_models_batched(arch, data, val, recipe, num_classes=, device=, seeds=)`` returns
 one :class:`~local_eval.train.TrainResult` per seed, like calling
-:func:`~local_eval.train.train_new_model` once per seed, but each step runs all K models in
-one vectorised call (``stack_module_state`` + ``vmap`` over ``functional_call``), which
-spends Python and kernel-launch overhead once per step instead of K times.
+:func:`~local_eval.train.train_new_model` once per seed, but each step runs all K models of
+a group together (``stack_module_state``; one forward, one backward, one optimizer step),
+which spends Python and kernel-launch overhead once per step instead of K times.
+
+Two forward passes, chosen by the model's layer types (:func:`_batched_forward`):
+
+- :func:`local_eval.batched_ops.stacked_forward` for an ``nn.Sequential`` of Conv2d /
+  BatchNorm2d / ReLU / MaxPool2d / AdaptiveAvgPool2d / Identity / Flatten / Linear (the
+  ``smallcnn``): the K models' activations are the channels of one channels-last batch,
+  so every layer is one native kernel (grouped oneDNN convolution, BatchNorm over K*C
+  channels). This is the fast path: ~2.5x the models per minute of the plain loop on the
+  digits setup, 1 thread (``bench/batched_training.py``), where ``vmap`` gave 1.25x;
+- ``vmap`` over ``functional_call`` for anything else (ResNet-18, ...): general, but its
+  CPU kernels are slow (see :mod:`local_eval.batched_ops`).
 
 What is kept per model, exactly as the sequential trainer does it:
 
@@ -15,22 +26,25 @@ What is kept per model, exactly as the sequential trainer does it:
   the very batches its sequential run would;
 - loss: each model's own mean cross-entropy (class-weighted when the recipe says so); the
   models' losses are summed, so each model's gradient is its own loss's gradient;
-- optimizer and schedule: one ``torch.optim`` optimizer over the stacked tensors. Adam and
-  SGD (with coupled weight decay and momentum) are elementwise and every model takes the
-  same steps at the same learning rate, so this is K independent optimizers;
-- BatchNorm: the running statistics are stacked buffers, updated in place per model under
-  ``vmap`` (each model's statistics come from its own batch only).
+- optimizer and schedule: one ``torch.optim`` optimizer over the stacked tensors (its
+  fused kernels, ``fused=True``: the same update). Adam and SGD (with coupled weight decay
+  and momentum) are elementwise and every model takes the same steps at the same learning
+  rate, so this is K independent optimizers;
+- BatchNorm: the running statistics are stacked buffers, updated in place per model, each
+  from its own batch only (momentum, unbiased variance, ``num_batches_tracked``).
 
 At the end the stacked tensors are split back into ordinary ``state_dict``s, loaded with
 ``strict=True`` into the models built from the seeds, and returned in eval mode.
 
-Differences from the sequential trainer: not bitwise equal, even for K = 1. The forward
-pass is (measured: identical logits at K = 1), but under ``vmap`` BatchNorm's and the
-Linear layer's backward run as other kernels (BatchNorm is decomposed into elementwise ops
-and sums), so a step's gradients differ by ~1e-8; 10 epochs amplify that to ~1e-3 in the
-weights (tests: K = 1 within 2e-2, >= 99% equal test predictions; K = 4 mean test accuracy
-within 0.02). With K > 1 the convolutions also run grouped. ``TrainResult.seconds`` is
-the group's wall time divided by K (amortised), not the time one model takes alone.
+Differences from the sequential trainer: not bitwise equal, even for K = 1. The maths is
+the same, but the kernels sum in other orders (grouped convolution, batched matmuls), so a
+step's logits and gradients differ by float rounding (tests: within 1e-5, K = 1 and K = 3);
+Adam amplifies that over 10 epochs to ~1e-2 in single weights (its early steps are about
+``lr * sign(gradient)``), which is also why a model's weights depend on its group size at
+that level (tests: K = 1 vs sequential within 2e-2 and >= 99% equal test predictions;
+group sizes 4 / 3 / 1 >= 98% equal predictions; K = 4 mean test accuracy within 0.02 of the
+sequential trainer's). The same seeds and group size repeat bitwise. ``TrainResult.seconds``
+is the group's wall time divided by K (amortised), not the time one model takes alone.
 Augmentation and best-on-validation recipes are refused (use the sequential trainer).
 """
 
@@ -61,8 +75,9 @@ __all__ = [
 ]
 
 TRAINERS = ("sequential", "batched")
-# Models per vmap call. 16 small CNNs on digits take a few MB; larger groups gain little on
-# a CPU core (the step becomes compute-bound) and cost memory linearly.
+# Models per group. On digits (1 thread) 16 was as fast as 32 and faster than 8 per model
+# (bench/batched_training.py); a group's activations (~4 MB per layer at 16) grow linearly,
+# and beyond the CPU caches the memory-bound layers slow down.
 DEFAULT_GROUP = 16
 
 
