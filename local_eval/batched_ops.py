@@ -87,12 +87,12 @@ def _conv2d(m: nn.Conv2d, p: str, s: _Stack, x: torch.Tensor) -> torch.Tensor:
 
 
 def _batch_norm2d(m: nn.BatchNorm2d, p: str, s: _Stack, x: torch.Tensor) -> torch.Tensor:
-    momentum = m.momentum
+    momentum = 0.0  # unused in eval mode
     if s.training:
         tracked = s.buffers[p + "num_batches_tracked"]
         tracked.add_(1)
-        if momentum is None:  # cumulative moving average, as nn.BatchNorm2d
-            momentum = 1.0 / float(tracked[0])
+        # as nn.BatchNorm2d: exponential average, or cumulative when momentum is None
+        momentum = 1.0 / float(tracked[0]) if m.momentum is None else m.momentum
     return F.batch_norm(
         x,
         s.buffers[p + "running_mean"].view(-1),  # views: the kernel updates the stacked buffers
@@ -171,7 +171,7 @@ def _flatten_linear(m: nn.Linear, p: str, s: _Stack, x: torch.Tensor) -> torch.T
     _, kc, h, w = x.shape
     weight = s.params[p + "weight"]
     weight = (
-        weight.view(s.k, -1, kc // s.k, h, w)
+        weight.reshape(s.k, -1, kc // s.k, h, w)
         .permute(0, 1, 3, 4, 2)
         .reshape(s.k, -1, h * w * kc // s.k)
     )
@@ -190,6 +190,10 @@ def _bn_ok(m: nn.BatchNorm2d) -> bool:
     return m.affine and m.track_running_stats
 
 
+def _max_pool_ok(m: nn.MaxPool2d) -> bool:
+    return not m.return_indices
+
+
 def _flatten_ok(m: nn.Flatten) -> bool:
     return m.start_dim == 1 and m.end_dim == -1
 
@@ -200,7 +204,7 @@ def _flatten_ok(m: nn.Flatten) -> bool:
 LAYERS: dict[type[nn.Module], tuple[LayerFn, Callable[[nn.Module], bool], str]] = {
     nn.Conv2d: (_conv2d, _conv_ok, "image"),
     nn.BatchNorm2d: (_batch_norm2d, _bn_ok, "image"),
-    nn.MaxPool2d: (_max_pool2d, _always, "image"),
+    nn.MaxPool2d: (_max_pool2d, _max_pool_ok, "image"),
     nn.AdaptiveAvgPool2d: (_adaptive_avg_pool2d, _always, "image"),
     nn.Flatten: (_flatten, _flatten_ok, "flatten"),
     nn.Linear: (_linear, _always, "features"),

@@ -8,6 +8,7 @@ import torch
 
 from local_eval.batched import (
     _batched_forward,
+    _lanes,
     _summed_loss,
     epoch_orders,
     train_new_models_batched,
@@ -131,6 +132,27 @@ def test_group_size_changes_nothing_but_float_noise_and_runs_repeat_exactly(batc
     for a, b in zip(batched, again, strict=True):
         sa, sb = a.model.state_dict(), b.model.state_dict()
         assert all(torch.equal(sa[name], sb[name]) for name in sa)  # deterministic
+
+
+def test_groups_in_parallel_lanes_give_the_same_models(digits):
+    """With 2 torch threads two groups train at once (one thread each); the models are
+    those of the groups run one after the other at 1 thread, bit for bit, and the thread
+    setting is restored."""
+    recipe = get_recipe("fast_smallcnn", epochs=1)
+    kwargs = dict(num_classes=10, device="cpu", seeds=[31, 32, 33, 34], group_size=2)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = train_new_models_batched("smallcnn", digits.retain, None, recipe, **kwargs)
+        torch.set_num_threads(2)
+        assert _lanes(2, "cpu") == 2 and _lanes(1, "cpu") == 1
+        two = train_new_models_batched("smallcnn", digits.retain, None, recipe, **kwargs)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(one, two, strict=True):
+        sa, sb = a.model.state_dict(), b.model.state_dict()
+        assert all(torch.equal(sa[name], sb[name]) for name in sa)
 
 
 def test_the_fast_path_for_the_small_cnn_and_vmap_for_resnet18():

@@ -51,6 +51,7 @@ def test_supports_the_digits_model_and_refuses_others():
     assert not supports(nn.Sequential(nn.Flatten(), nn.Conv2d(1, 2, 3)))  # image layer late
     assert not supports(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()))  # no Flatten
     assert not supports(nn.Sequential(nn.Conv2d(1, 2, 3, padding="same"), nn.Flatten()))
+    assert not supports(nn.Sequential(nn.MaxPool2d(2, return_indices=True), nn.Flatten()))
 
 
 @pytest.mark.parametrize(
@@ -121,13 +122,14 @@ def test_a_models_result_does_not_depend_on_its_group():
         assert torch.allclose(g, grads[1][name], atol=1e-6, rtol=1e-5), name
 
 
-def test_eval_mode_uses_and_keeps_the_running_statistics():
-    models = [_smallcnn(s) for s in (6, 7)]
+@pytest.mark.parametrize("make, shape", [(_smallcnn, (1, 8, 8)), (_odd_cnn, (2, 11, 11))])
+def test_eval_mode_uses_and_keeps_the_running_statistics(make, shape):
+    models = [make(s) for s in (6, 7)]
     for m in models:  # non-trivial running statistics
-        m.train()(torch.randn(32, 1, 8, 8))
+        m.train()(torch.randn(32, *shape))
     params, buffers = _stack(models)
     before = {k: v.clone() for k, v in buffers.items()}
-    x = _batches(2, 8, (1, 8, 8), seed=8)
+    x = _batches(2, 8, shape, seed=8)
     with torch.no_grad():
         got = stacked_forward(models[0], params, buffers, x, training=False)
     for i, m in enumerate(models):
