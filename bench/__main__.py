@@ -15,7 +15,9 @@ from bench import batched_training, evaluator, metric, scale
 SIZES = {  # (full, quick)
     "metric": ({"n_models": 512, "n_examples": 1000}, {"n_models": 64, "n_examples": 200}),
     "evaluator": ({"n_models": 32}, {"n_models": 2}),
-    "batched_training": ({"models": 32}, {"models": 4, "group": 4, "epochs": 2}),
+    # the goal's setting: 2 cores, so 2 threads (the plain loop's intra-op threads; two
+    # batched groups at once); see bench/batched_training.py
+    "batched_training": ({"models": 32, "threads": 2}, {"models": 4, "group": 4, "epochs": 2}),
     "scale": ({"n_models": 512, "shards": 64}, {"n_models": 48, "shards": 24}),
 }
 
@@ -51,10 +53,14 @@ def run_evaluator(size: dict) -> list[tuple[str, str]]:
 def run_batched(size: dict) -> list[tuple[str, str]]:
     res = batched_training.run(**size)
     return [
-        ("size", f"{res['models']} models, groups of {res['group']}, {res['epochs']} epochs"),
+        (
+            "size",
+            f"{res['models']} models, groups of {res['group']}, {res['epochs']} epochs, "
+            f"{res['threads']} thread(s)",
+        ),
         ("models/min one at a time", f"{res['plain_models_per_min']:.1f}"),
         ("models/min batched", f"{res['batched_models_per_min']:.1f}"),
-        ("ratio", f"{res['ratio']:.2f}x"),
+        ("ratio (goal >= 4x at 2 threads)", f"{res['ratio']:.2f}x"),
         ("peak RSS MB", f"{res['peak_rss_mb']:.0f}"),
     ]
 

@@ -37,7 +37,15 @@ GOAL_THREADS = 2  # "on 2 CPU cores"
 def run(
     *, models: int = 32, group: int = DEFAULT_GROUP, epochs: int | None = None, threads: int = 1
 ) -> dict:
+    before = torch.get_num_threads()  # restored: `python -m bench` runs other benches after
     torch.set_num_threads(threads)
+    try:
+        return _measure(models=models, group=group, epochs=epochs, threads=threads)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _measure(*, models: int, group: int, epochs: int | None, threads: int) -> dict:
     setup = load_setup("digits")
     recipe = get_recipe("fast_smallcnn", epochs=epochs)
     kwargs = dict(num_classes=setup.num_classes, device="cpu")
