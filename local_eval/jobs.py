@@ -18,11 +18,12 @@ whichever shard or process computed them.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from submission.shard_text import split_shard
 
 from .signals import EvalSignals, GroupSignals, ModelRecord
 
@@ -62,9 +63,6 @@ def evaluation_jobs(n_models: int) -> tuple[Job, ...]:
     return tuple(Job(role, j) for role in ROLES for j in range(_MODELS_PER_N[role] * n_models))
 
 
-_SHARD_TEXT = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
-
-
 @dataclass(frozen=True, order=True)
 class Shard:
     """Shard ``index`` of ``count`` (0 <= index < count): the jobs numbered index mod count."""
@@ -87,10 +85,7 @@ class Shard:
     @classmethod
     def parse(cls, text: str) -> Shard:
         """``"i/K"`` -> ``Shard(i, K)``; a clear ``ValueError`` otherwise."""
-        match = _SHARD_TEXT.fullmatch(text)
-        if not match:
-            raise ValueError(f"bad shard {text!r}: expected i/K with whole numbers, e.g. 0/4")
-        return cls(int(match[1]), int(match[2]))
+        return cls(*split_shard(text))
 
     def select(self, jobs: Sequence[Job]) -> list[Job]:
         return [job for k, job in enumerate(jobs) if k % self.count == self.index]

@@ -58,6 +58,7 @@ import torch
 from .loop import warm_up
 from .registry import UnknownMethodError, get_method
 from .seeding import seed_everything
+from .shard_text import split_shard
 
 MANIFEST = "manifest.json"
 LOCK = ".submission-run.lock"
@@ -341,16 +342,10 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     """``"i/K"`` -> ``(i, K)`` with 0 <= i < K; ``None`` -> ``(0, 1)`` (every checkpoint)."""
     if text is None:
         return 0, 1
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
-    if not match:
-        raise UsageError(f"--shard {text!r}: expected i/K with whole numbers, e.g. 0/4")
-    index, count = int(match[1]), int(match[2])
-    if count < 1 or index >= count:
-        raise UsageError(
-            f"--shard {text}: needs 0 <= i < K (shards are numbered 0 to K-1), "
-            f"e.g. 0/{max(count, 2)}"
-        )
-    return index, count
+    try:
+        return split_shard(text)
+    except ValueError as exc:
+        raise UsageError(f"--shard: {exc}") from None
 
 
 def shard_indices(args) -> list[int]:

@@ -359,9 +359,10 @@ CASES = [
                                            "--retrained", f("logits.npy"),
                                            "--targets", f("targets_bad.npy")), "", out="none"),
     # --- python -m local_eval shard / merge
-    Case("shard-2-of-2", "shard", sh("--shard", "2/2"), "--shard: shard 2/2: the shard number "
-         "must be in 0..1"),
-    Case("shard-0-of-0", "shard", sh("--shard", "0/0"), "the number of shards must be at least 1"),
+    Case("shard-2-of-2", "shard", sh("--shard", "2/2"), "--shard: bad shard '2/2': needs "
+         "0 <= i < K (shards are numbered 0 to K-1), e.g. 0/2"),
+    Case("shard-0-of-0", "shard", sh("--shard", "0/0"),
+         "--shard: bad shard '0/0': needs 0 <= i < K"),
     Case("shard-text", "shard", sh("--shard", "a/b"), "bad shard 'a/b': expected i/K"),
     Case("shard-no-out", "shard", sh("--shard", "0/2"), "give --out SHARD_DIR", out="none"),
     Case("merge-missing", "merge", shards("s0"), "missing shard(s) 1/2 (4 of 8 jobs"),
@@ -392,9 +393,9 @@ CASES = [
     Case("run-forget", "run", run("--method", "finetune", "--forget", "random:2"),
          "fraction must be in (0, 1)"),
     Case("run-shard-text", "run", run("--method", "finetune", "--shard", "a/b"),
-         "--shard 'a/b': expected i/K"),
+         "--shard: bad shard 'a/b': expected i/K"),
     Case("run-shard-2-of-2", "run", run("--method", "finetune", "--shard", "2/2"),
-         "--shard 2/2: needs 0 <= i < K"),
+         "--shard: bad shard '2/2': needs 0 <= i < K"),
     Case("run-shard-zip", "run", run("--method", "finetune", "--shard", "0/2", "--zip"),
          "--zip needs all N checkpoints in one folder"),
     # --- python -m submission.run: the original model
