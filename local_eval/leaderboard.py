@@ -263,10 +263,14 @@ def _table(ranked: Sequence[Row]) -> list[str]:
             f"| {place} | {name} | {row.score:.3f} [{low:.3f}, {high:.3f}] "
             f"| {row.forget_quality:.3f} | {_pct(row.fraction_of_ceiling)} "
             f"| {row.retain_ratio:.3f} | {row.test_ratio:.3f} "
-            f"| {row.seconds_per_run:.2f}{over} | {row.ratio_to_retraining:.2f} | {versus} "
+            f"| {row.seconds_per_run:.2f}{over} | {_two(row.ratio_to_retraining)} | {versus} "
             f"| {_ahead(ranked[0].score - row.score, ahead) if place > 1 else ''} |"
         )
     return lines
+
+
+def _two(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
 
 
 def _ahead(gap: float, interval: tuple[float, float] | None) -> str:

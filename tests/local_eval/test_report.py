@@ -159,3 +159,21 @@ def test_paired_bootstrap_refuses_unpaired_arrays():
 
     with pytest.raises(ValueError, match="equal-length 1-D arrays"):
         paired_bootstrap(np.zeros(5), np.zeros(4))
+
+
+def test_batched_references_give_no_ratio_to_one_retraining(signals, built):
+    # sequential references: the ratio and the cut-off count are computed
+    t = built[0]["time"]
+    assert t["retraining_s_kind"] == "one model"
+    run_s, retrain_s = signals.unlearned.seconds, signals.retrained.seconds.mean()
+    assert t["slow_runs"] == int(np.sum(run_s > 0.2 * retrain_s))
+    assert "x one retraining" in format_summary(built[0])
+    # batched references: their seconds are amortised over a group; no ratio, no cut-off
+    report, _ = build_report(signals, context={"config": {"trainer": "batched"}})
+    t = report["time"]
+    assert t["retraining_s_kind"] == "amortised over batched groups"
+    assert t["ratio_to_retraining"] is None and t["slow_runs"] is None
+    assert t["retraining_s_mean"] == pytest.approx(retrain_s)
+    summary = format_summary(report)
+    assert "amortised, not one retraining's seconds" in summary
+    assert "cut-off" in summary and "x one retraining" not in summary
