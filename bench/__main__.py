@@ -10,15 +10,23 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from bench import batched_training, evaluator, metric, scale
+import torch
+
+from bench import batched_training, evaluator, metric, resnet18, scale
 
 SIZES = {  # (full, quick)
     "metric": ({"n_models": 512, "n_examples": 1000}, {"n_models": 64, "n_examples": 200}),
     "evaluator": ({"n_models": 32}, {"n_models": 2}),
     # the goal's setting: 2 cores, so 2 threads (the plain loop's intra-op threads; two
     # batched groups at once); see bench/batched_training.py
-    "batched_training": ({"models": 32, "threads": 2}, {"models": 4, "group": 4, "epochs": 2}),
+    "batched_training": (
+        {"models": 32, "threads": 2, "rounds": 4},
+        {"models": 4, "group": 4, "epochs": 2, "rounds": 2},
+    ),
     "scale": ({"n_models": 512, "shards": 64}, {"n_models": 48, "shards": 24}),
+    # full: the competition's size on a GPU (and 4 trainings at once beside one alone), a
+    # reduced run with an estimate on a CPU (see bench/resnet18.py)
+    "resnet18": ({"gpu_workers": 4}, {"images": 128, "epochs": 1, "gpu_workers": 2}),
 }
 
 
@@ -28,6 +36,7 @@ def run_metric(size: dict) -> list[tuple[str, str]]:
         ("size", f"N = {res['n_models']} x E = {res['n_examples']}"),
         ("seconds", f"{res['seconds']:.2f}"),
         ("ratio to rule by rule", f"{res['ratio']:.0f}x"),
+        ("peak RSS MB", f"{res['peak_rss_mb']:.0f}"),
     ]
 
 
@@ -47,6 +56,10 @@ def run_evaluator(size: dict) -> list[tuple[str, str]]:
         ("size", f"digits, N = {size['n_models']}"),
         ("cold s", f"{runs['cold']['total']:.1f}"),
         ("warm s", f"{runs['warm']['total']:.1f}"),
+        (
+            "peak RSS MB cold / warm (main process)",
+            f"{runs['cold']['peak_rss_mb']:.0f} / {runs['warm']['peak_rss_mb']:.0f}",
+        ),
     ]
 
 
@@ -55,13 +68,22 @@ def run_batched(size: dict) -> list[tuple[str, str]]:
     return [
         (
             "size",
-            f"{res['models']} models, groups of {res['group']}, {res['epochs']} epochs, "
-            f"{res['threads']} thread(s)",
+            f"{res['rounds']} rounds of {res['models']} models, groups of {res['group']}, "
+            f"{res['epochs']} epochs, {res['threads']} thread(s)",
         ),
         ("models/min one at a time", f"{res['plain_models_per_min']:.1f}"),
         ("models/min batched", f"{res['batched_models_per_min']:.1f}"),
         ("ratio (goal >= 4x at 2 threads)", f"{res['ratio']:.2f}x"),
-        ("peak RSS MB", f"{res['peak_rss_mb']:.0f}"),
+        ("ratio per round", ", ".join(f"{r:.2f}" for r in res["round_ratios"])),
+        ("CPU steal", batched_training.percent(res["cpu_steal"])),
+        (
+            "peak RSS MB one at a time (rise)",
+            f"{res['plain_peak_rss_mb']:.0f} (+{res['plain_rise_mb']:.0f})",
+        ),
+        (
+            "peak RSS MB batched (rise)",
+            f"{res['batched_peak_rss_mb']:.0f} (+{res['batched_rise_mb']:.0f})",
+        ),
     ]
 
 
@@ -80,11 +102,32 @@ def run_scale(size: dict) -> list[tuple[str, str]]:
     ]
 
 
+def run_resnet18(size: dict) -> list[tuple[str, str]]:
+    size = dict(size)
+    gpu_workers = size.pop("gpu_workers")
+    alone = resnet18.run(workers=1, models=1, **size)
+    kind = "measured" if alone["full_size"] else "estimate"
+    rows = [
+        ("device", alone["device"]),
+        ("size", f"{alone['epochs']} epoch(s) on {alone['images']} {alone['data']} images"),
+        (f"one retraining s ({kind})", f"{alone['retraining_s']:.1f}"),
+        (f"models/min, 1 worker ({kind})", f"{alone['models_per_min']:.3f}"),
+        (f"peak MB ({alone['peak_kind']})", f"{alone['peak_mb']:.0f}"),
+    ]
+    if torch.cuda.is_available():  # several trainings at once on the GPU
+        shared = resnet18.run(workers=gpu_workers, **size)
+        rows.append(
+            (f"models/min, {gpu_workers} workers ({kind})", f"{shared['models_per_min']:.3f}")
+        )
+    return rows
+
+
 RUNNERS = {
     "metric": run_metric,
     "evaluator": run_evaluator,
     "batched_training": run_batched,
     "scale": run_scale,
+    "resnet18": run_resnet18,
 }
 
 

@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.memory import PeakRSS
 from local_eval.cache import ModelCache
 from local_eval.cli import write_outputs
 from local_eval.loading import load_unlearning
@@ -25,14 +26,18 @@ GOALS_S = {"cold": 180.0, "warm": 60.0}
 
 
 def timed_run(config: EvalConfig, method, cache_root: Path, out: Path) -> dict[str, float]:
-    """Seconds per stage of one evaluation (report included), plus ``total``."""
-    start = time.perf_counter()
-    result = run_evaluation(config, method, cache=ModelCache(cache_root), progress=False)
-    report_start = time.perf_counter()
-    write_outputs(result, out, cache_root)
-    stages = {**result.stage_seconds, "report": time.perf_counter() - report_start}
-    stages["total"] = time.perf_counter() - start
+    """Seconds per stage of one evaluation (report included), plus ``total``, the models
+    trained and this process's peak RSS meanwhile (the evaluator's worker processes, which
+    train the references on a CPU, hold their own memory beside it)."""
+    with PeakRSS() as peak:
+        start = time.perf_counter()
+        result = run_evaluation(config, method, cache=ModelCache(cache_root), progress=False)
+        report_start = time.perf_counter()
+        write_outputs(result, out, cache_root)
+        stages = {**result.stage_seconds, "report": time.perf_counter() - report_start}
+        stages["total"] = time.perf_counter() - start
     stages["models_trained"] = sum(result.trained.values())
+    stages["peak_rss_mb"] = peak.mb  # this process; worker processes hold their own
     return stages
 
 
@@ -56,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     for stage in (*STAGES, "total"):
         print(f"{stage:<12}{runs['cold'][stage]:>10.1f}{runs['warm'][stage]:>10.1f}")
     print(f"{'models':<12}{runs['cold']['models_trained']:>10}{runs['warm']['models_trained']:>10}")
+    cold_mb, warm_mb = runs["cold"]["peak_rss_mb"], runs["warm"]["peak_rss_mb"]
+    print(f"{'peak RSS MB':<12}{cold_mb:>10.0f}{warm_mb:>10.0f}  (this process; workers apart)")
     ratio = runs["warm"]["total"] / runs["cold"]["total"]
     print(f"warm / cold: {ratio:.2f}")
     for kind, goal in GOALS_S.items():

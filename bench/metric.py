@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from bench.memory import PeakRSS
 from local_eval import metric
 from local_eval.metric_naive import per_example_epsilons_naive
 
@@ -33,9 +34,10 @@ def run(n_models: int, n_examples: int, naive_examples: int) -> dict:
     u, r = synthetic_confidences(n_models, n_examples)
     metric.per_example_epsilons(u[:, :1], r[:, :1])  # build the table once, outside timing
 
-    start = time.perf_counter()
-    fast = metric.per_example_epsilons(u, r)
-    fast_s = time.perf_counter() - start
+    with PeakRSS() as peak:
+        start = time.perf_counter()
+        fast = metric.per_example_epsilons(u, r)
+        fast_s = time.perf_counter() - start
 
     start = time.perf_counter()
     slow = per_example_epsilons_naive(u[:, :naive_examples], r[:, :naive_examples])
@@ -53,6 +55,9 @@ def run(n_models: int, n_examples: int, naive_examples: int) -> dict:
         "naive_ms_per_example": 1000 * naive_per,
         "ratio": naive_per / fast_per,
         "forget_quality": float(metric.epsilon_points(fast, n_models)[1].mean()),
+        # the inputs (2 x N x E float64) are held before the block; the scorer's own working
+        # memory is the rise over them
+        "peak_rss_mb": peak.mb,
     }
 
 
@@ -74,6 +79,7 @@ def main() -> None:
     )
     print(f"  ratio:            {res['ratio']:.0f}x faster")
     print(f"  F of the synthetic case: {res['forget_quality']:.4f}")
+    print(f"  peak RSS while scoring: {res['peak_rss_mb']:.0f} MB")
 
 
 if __name__ == "__main__":

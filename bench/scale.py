@@ -17,7 +17,7 @@ can and says how the rest scales, all in one run:
    merge at N = 32 (the default) for the ratio, and the peak RSS of a process that only
    imports what merge imports (the floor any of them pays).
 
-Peak RSS: ``ru_maxrss`` of each child process (``resource.getrusage``), in MB.
+Peak RSS: each child process's own high-water mark (``bench.memory.high_water_mb``), in MB.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from local_eval.shards import read_shard, write_shard
 
 # A child runs one command line of python -m local_eval in-process and reports its peak RSS.
 CHILD = """
-import json, resource, sys, time
+import json, sys, time
 start = time.perf_counter()
 if sys.argv[2:3] == ["--imports-only"]:
     import local_eval.shard_cli, local_eval.report, local_eval.plots, sklearn.linear_model
@@ -48,7 +48,8 @@ else:
     from local_eval.cli import main
     code = main(sys.argv[2:])
 seconds = time.perf_counter() - start
-rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+from bench.memory import high_water_mb
+rss_mb = high_water_mb()[0]  # this process's own peak (ru_maxrss would count the parent's)
 json.dump({"code": code, "seconds": seconds, "rss_mb": rss_mb}, open(sys.argv[1], "w"))
 """
 
