@@ -14,8 +14,9 @@ Two forward passes, chosen by the model's layer types (:func:`_batched_forward`)
   so every layer is one native kernel (grouped oneDNN convolution, BatchNorm over K*C
   channels). This is the fast path. Measured with ``bench/batched_training.py`` (digits,
   32 models, 2 shared CPU cores), against the plain loop in the same run: 2.3-3.1x the
-  models per minute at 1 thread (``vmap``: 1.12-1.23x); 3.2-5.4x at 2 threads, median
-  4.1x over 19 runs, where two groups train at once (see :func:`_lanes`);
+  models per minute at 1 thread (``vmap``: 1.12-1.23x); at 2 threads, where two groups
+  train at once (see :func:`_lanes`), 3.2-5.4x over 19 single-round runs (median 4.1x) and
+  3.67-4.19x over five runs of four interleaved rounds (median 4.02x);
 - ``vmap`` over ``functional_call`` for anything else (ResNet-18, ...): general, but its
   CPU kernels are slow (see :mod:`local_eval.batched_ops`).
 
