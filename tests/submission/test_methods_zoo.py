@@ -28,6 +28,7 @@ from submission.methods.forget_contrast import kl_to_uniform, output_contrast
 from submission.methods.prune_reinit import reinit_smallest
 from submission.methods.shrink_perturb import auto_perturb, shrink_and_perturb
 from submission.methods.svd_projection import forget_projection, scaled_projector
+from submission.methods.svd_projection import projection_seconds_per_cube as svd_projection_rate
 
 from .conftest import make_data, make_loader, make_net
 
@@ -158,6 +159,48 @@ def test_scaled_projector_golden_values():
     # No forget activations at all: the projection is the identity.
     eye = forget_projection(torch.eye(3), torch.zeros(3, 3), retain_scale=100, forget_scale=3)
     torch.testing.assert_close(eye.float(), torch.eye(3))
+
+
+def _tiny_projection_case():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Flatten(), nn.Linear(256, 3)).eval()
+    x, y = torch.randn(40, 1, 8, 8), torch.randint(0, 3, (40,))
+    retain = DataLoader(TensorDataset(x[:30], y[:30]), batch_size=10)
+    forget = DataLoader(TensorDataset(x[30:], y[30:]), batch_size=10)
+    return net, retain, forget
+
+
+def test_svd_projection_predicts_the_first_layer_instead_of_running_it(monkeypatch):
+    """Under a budget, the first layer's cost comes from the timed small projection (here
+    patched to 1 s per D**3): the 256-input classifier (1.7e7 s predicted) is skipped, not
+    run and overrun, and the 9-input convolution (729 s) fits the 1000 s budget."""
+    from submission.methods import svd_projection as svd
+
+    monkeypatch.setattr(svd, "projection_seconds_per_cube", lambda **kwargs: 1.0)
+    net, retain, forget = _tiny_projection_case()
+    conv, linear = net[0].weight.detach().clone(), net[2].weight.detach().clone()
+    with pytest.warns(UserWarning, match="projected 1 of 2 supported layers"):
+        METHODS["svd_projection"](net, retain, forget, None, budget_s=1000.0)
+    assert torch.equal(net[2].weight, linear)
+    assert not torch.equal(net[0].weight, conv)
+    assert net.svd_projected_["layers"] == 1
+
+
+def test_svd_projection_without_a_budget_times_nothing_and_projects_every_layer(monkeypatch):
+    from submission.methods import svd_projection as svd
+
+    def refuse(**kwargs):
+        raise AssertionError("no budget: nothing to predict")
+
+    monkeypatch.setattr(svd, "projection_seconds_per_cube", refuse)
+    net, retain, forget = _tiny_projection_case()
+    METHODS["svd_projection"](net, retain, forget, None)
+    assert net.svd_projected_["layers"] == 2
+
+
+def test_projection_rate_is_a_positive_time_per_cube():
+    rate = svd_projection_rate(device=torch.device("cpu"), size=16)
+    assert 0 < rate * 16**3 < 5.0  # one 16-D projection takes well under 5 s
 
 
 class DigitsCNN(nn.Module):
