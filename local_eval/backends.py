@@ -58,19 +58,26 @@ def parse_device(name: str) -> torch.device:
         raise ValueError(f"unknown device {name!r} (try auto, cpu, cuda, cuda:1)") from None
 
 
-def resolve_workers(workers: int | None, device: torch.device) -> int:
-    """Training processes: as given; else 1 on a GPU and one per CPU core (at most 4).
+def resolve_workers(workers: int | None, device: torch.device, threads: int | None = None) -> int:
+    """Training processes: as given; else 1 on a GPU and, on a CPU, as many as the cores hold
+    at the threads each will use (:func:`resolve_threads`' choice: ``threads``, else
+    ``$OMP_NUM_THREADS``, else 1), at most 4.
 
     Small models use a core far better as one single-threaded process each than as threads
     of one process: on a busy machine two-threaded runs stall for seconds at a time waiting
-    for a core (measured on digits: 0.2 s runs spiking to 20 s). A worker costs a few
-    seconds to start, paid only when models are missing from the cache.
+    for a core (measured on digits: 0.2 s runs spiking to 20 s). More threads than cores is
+    worse still: with ``OMP_NUM_THREADS=2`` on 2 cores, two workers of two threads (the
+    choice before) took the digits main job (N = 32, empty cache) 171 s, one worker of two
+    threads (the choice now) 52 s, two of one thread (no ``OMP_NUM_THREADS``) 53 s: the
+    automatic choice never oversubscribes the cores. A worker costs a few seconds to start,
+    paid only when models are missing from the cache.
     """
     if workers is not None:
         return workers
     if device.type != "cpu":
         return 1
-    return max(1, min(4, os.cpu_count() or 1))
+    per_worker = threads if threads is not None else _env_threads() or 1
+    return max(1, min(4, (os.cpu_count() or 1) // per_worker))
 
 
 def resolve_threads(threads: int | None, workers: int) -> int:
@@ -78,10 +85,13 @@ def resolve_threads(threads: int | None, workers: int) -> int:
     cores // workers (1 with the default workers)."""
     if threads is not None:
         return threads
+    return _env_threads() or max(1, (os.cpu_count() or 1) // workers)
+
+
+def _env_threads() -> int | None:
+    """``$OMP_NUM_THREADS`` when it is a positive whole number, else None."""
     env = os.environ.get("OMP_NUM_THREADS", "")
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    return max(1, (os.cpu_count() or 1) // workers)
+    return int(env) if env.isdigit() and int(env) > 0 else None
 
 
 @dataclass(frozen=True)
@@ -144,7 +154,7 @@ class LocalBackend:
     ):
         self.setup = setup
         self.device = resolve_device(device)
-        self.workers = resolve_workers(workers, self.device)
+        self.workers = resolve_workers(workers, self.device, threads)
         self.threads = resolve_threads(threads, self.workers)
         self.spec = WorkerSpec.of(setup, self.threads)
 

@@ -47,6 +47,28 @@ def test_default_workers_and_threads(monkeypatch):
     assert backends.resolve_threads(None, 4) == 3
 
 
+def test_automatic_workers_never_oversubscribe_the_cores(monkeypatch, digits):
+    """Workers x threads stays within the cores when the workers are the kit's choice (two
+    workers of two threads on 2 cores made the digits main job 4x slower); an explicit
+    --workers is taken as given."""
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(backends.os, "cpu_count", lambda: 2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert backends.resolve_workers(None, cpu) == 1
+    assert backends.resolve_threads(None, 1) == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert backends.resolve_workers(None, cpu) == 2
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert backends.resolve_workers(None, cpu, threads=2) == 1  # --threads 2
+    assert backends.resolve_workers(None, cpu, threads=8) == 1  # at least one
+    assert backends.resolve_workers(3, cpu, threads=2) == 3  # --workers 3: as given
+    monkeypatch.setattr(backends.os, "cpu_count", lambda: 16)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert backends.resolve_workers(None, cpu) == 4  # 8 fit, at most 4
+    backend = LocalBackend(setup=digits, device="cpu", workers=None, threads=None)
+    assert (backend.workers, backend.threads) == (4, 2)
+
+
 def test_another_process_refuses_other_data(digits):
     spec = WorkerSpec("digits", "random:0.1", 0, "not-the-fingerprint", 1)
     with pytest.raises(RuntimeError, match="fingerprint mismatch"):
