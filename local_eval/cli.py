@@ -108,7 +108,10 @@ def build_parser(
     run.add_argument(
         "--workers",
         type=int,
-        help="processes training reference models (default: 1 on GPU, one per CPU core up to 4)",
+        help=(
+            "processes training reference models (default: 1 on GPU; on CPU as many as the "
+            "cores hold at --threads / $OMP_NUM_THREADS / 1 thread each, up to 4)"
+        ),
     )
     run.add_argument(
         "--threads",
