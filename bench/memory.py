@@ -22,26 +22,29 @@ STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
-def current_mb() -> float:
-    """The resident MB now (``VmRSS``); nan where there is no ``/proc``."""
+def _status_mb(field: str) -> float | None:
+    """A size line of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in MB; None without it."""
     try:
         for line in STATUS.read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
     except (OSError, ValueError, IndexError):
         pass
-    return float("nan")
+    return None
+
+
+def current_mb() -> float:
+    """The resident MB now (``VmRSS``); nan where there is no ``/proc``."""
+    mb = _status_mb("VmRSS")
+    return float("nan") if mb is None else mb
 
 
 def high_water_mb() -> tuple[float, str]:
     """(peak resident MB, what it covers): ``VmHWM`` (since the last reset, or since this
     program started; not inherited from a parent) where there is one, else ``ru_maxrss``."""
-    try:
-        for line in STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024, "VmHWM"  # kB
-    except (OSError, ValueError, IndexError):
-        pass
+    mb = _status_mb("VmHWM")
+    if mb is not None:
+        return mb, "VmHWM"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "ru_maxrss"  # KiB on Linux
 
 
