@@ -7,13 +7,16 @@ Trains the same seeds on the default digits setup (retain split, the ``fast_smal
 recipe) with the plain loop (``train_new_model`` per seed) and with the batched trainer
 (``group`` models per vectorised run), after a one-epoch warm-up of each, so torch's one-off
 initialisation counts for neither. Prints models per minute of each, their ratio (goal:
->= 4x on 2 CPU cores), mean test accuracies (they should agree) and the peak RSS while each trained.
+>= 4x on 2 CPU cores), mean test accuracies (they should agree) and the peak RSS while each
+trained.
 
 The machine's speed drifts while it runs (other processes, the hypervisor taking the CPU:
 the plain loop alone varied from 100 to 160 models/min between runs here), so the two
 trainers are measured in ``rounds`` interleaved rounds, each on ``models`` new seeds, and
-each trainer goes first in half of them (the one that went second was measured faster,
-0.2-0.8x of a ratio point). The ratio is of the summed seconds; the rounds' own ratios and
+each trainer goes first in half of them, so that an order effect cannot favour one (in
+three early 3-round runs the plain-first rounds came out 0.2-1.7 ratio points higher; over
+the twenty rounds of five 4-round runs both orders averaged 4.02x). The ratio is of the
+summed seconds; the rounds' own ratios and
 the share of CPU time the hypervisor took (``steal``, from ``/proc/stat``) are printed
 beside it, to show how steady the machine was.
 
