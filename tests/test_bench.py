@@ -117,3 +117,38 @@ def test_batched_bench_interleaves_rounds_and_sums_their_seconds(monkeypatch):
     assert res["plain_models_per_min"] == pytest.approx(60 * 4 / 16)
     assert res["batched_models_per_min"] == pytest.approx(60 * 4 / 4)
     assert 0.0 <= res["plain_accuracy"] <= 1.0
+
+
+def test_batched_bench_prints_the_verdict_the_rounds_and_the_steal(monkeypatch, capsys):
+    from bench import batched_training
+
+    figures = {
+        "models": 32,
+        "rounds": 2,
+        "group": 16,
+        "epochs": 10,
+        "threads": 2,
+        "plain_models_per_min": 140.0,
+        "batched_models_per_min": 518.0,
+        "ratio": 3.7,
+        "round_ratios": [4.47, 3.03],
+        "plain_accuracy": 0.9881,
+        "batched_accuracy": 0.988,
+        "cpu_steal": None,
+        "plain_peak_rss_mb": 897.0,
+        "batched_peak_rss_mb": 927.0,
+        "plain_rise_mb": 15.0,
+        "batched_rise_mb": 94.0,
+    }
+    monkeypatch.setattr(batched_training, "run", lambda **kwargs: dict(figures))
+    assert batched_training.main([]) == 0
+    out = capsys.readouterr().out
+    assert "ratio:         3.70x (goal >= 4x): BELOW GOAL" in out
+    assert "per round:     4.47, 3.03" in out
+    assert "CPU steal:     unknown" in out
+    assert "+94 MB" in out
+    figures.update(ratio=4.2, threads=1, cpu_steal=0.002)
+    batched_training.main([])
+    out = capsys.readouterr().out
+    assert "4.20x (goal >= 4x): ok (the goal is for --threads 2, 2 idle cores)" in out
+    assert "CPU steal:     0.2% of the machine's time" in out
