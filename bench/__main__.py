@@ -111,6 +111,14 @@ def run_resnet18(size: dict) -> list[tuple[str, str]]:
         ("device", alone["device"]),
         ("size", f"{alone['epochs']} epoch(s) on {alone['images']} {alone['data']} images"),
         (f"one retraining s ({kind})", f"{alone['retraining_s']:.1f}"),
+        (
+            f"one unlearning s ({alone['unlearning_method']}, {kind})",
+            f"{alone['unlearning_s']:.1f}",
+        ),
+        (
+            f"N = 512, one job at a time, h ({kind})",
+            f"{resnet18.projected_hours(alone['retraining_s'], alone['unlearning_s']):.1f}",
+        ),
         (f"models/min, 1 worker ({kind})", f"{alone['models_per_min']:.3f}"),
         (f"peak MB ({alone['peak_kind']})", f"{alone['peak_mb']:.0f}"),
     ]

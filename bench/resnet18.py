@@ -14,6 +14,9 @@ batch 128, 30 epochs) through the evaluator's own trainer (``train_new_model``),
   models (on one GPU they share it: a ResNet-18 at batch 128 on 32x32 images leaves a large
   GPU mostly idle, so several trainings at once get more models per minute; the evaluator's
   ``--workers`` does the same);
+- the seconds of one unlearning run of the kit's default method on a ResNet-18 (no budget:
+  its full recipe), and from the two the hours of an N = 512 evaluation on this device,
+  one job at a time (3N + 1 trainings, N runs; divide by the devices or workers you have);
 - the device (its name, torch and CUDA versions, whether TF32 is on) and the peak memory.
 
 Data: CIFAR-10 from ``--cifar10 DIR`` (the python version, as the evaluator reads it), or by
@@ -36,8 +39,10 @@ import torch
 
 from bench.memory import PeakRSS
 from local_eval.backends import resolve_device
-from local_eval.data import Split, load_setup
+from local_eval.data import Split, load_setup, make_loader
+from local_eval.models import build_model
 from local_eval.train import get_recipe, train_new_model
+from submission import DEFAULT_METHOD, get_method
 
 # CIFAR-10's training images, less the evaluator's validation images (CIFAR_VAL_SIZE) and a
 # random 10% forget set: what one reference model trains on in the default 32x32 setup.
@@ -103,8 +108,9 @@ def _train_share(
     with PeakRSS() as rss:
         start = time.time()  # wall clock: comparable across the worker processes
         seconds = [
-            train_new_model("resnet18", data, val, recipe, num_classes=10, device=dev, seed=s)
-            .seconds
+            train_new_model(
+                "resnet18", data, val, recipe, num_classes=10, device=dev, seed=s
+            ).seconds
             for s in seeds
         ]
         end = time.time()
@@ -121,6 +127,34 @@ def _warm_up(data: Split, device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
+
+
+def time_unlearning(spec: DataSpec, device: torch.device, method: str = DEFAULT_METHOD) -> float:
+    """Seconds of one unlearning run (``method``, no budget: its full recipe) on a ResNet-18,
+    with the data as the retain set, a forget set a ninth of its size (the evaluator's 10%
+    of the training data) and the validation images, in loaders of the competition's batch
+    size 64. The model is freshly initialised: a run's time does not depend on the weights."""
+    data, val = load_images(spec)
+    forget = synthetic_split(max(1, len(data) // 9), seed=spec.seed + 2)
+    loaders = (
+        make_loader(data, batch_size=64, shuffle=True, seed=0),
+        make_loader(forget, batch_size=64, shuffle=False),
+        make_loader(val, batch_size=64, shuffle=False),
+    )
+    torch.manual_seed(0)
+    net = build_model("resnet18", num_classes=10, in_channels=3, image_size=32).to(device)
+    start = time.perf_counter()
+    get_method(method)(net, *loaders)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def projected_hours(retraining_s: float, unlearning_s: float, n_models: int = 512) -> float:
+    """Hours of an evaluation at ``n_models`` on one device, one job at a time: 3N + 1
+    trainings (N references, N for the ceiling, N floor originals, the original) and N
+    unlearning runs."""
+    return ((3 * n_models + 1) * retraining_s + n_models * unlearning_s) / 3600
 
 
 def describe_device(device: torch.device) -> str:
@@ -193,6 +227,10 @@ def run(
         if full
         else estimate_full_seconds(1.0, epochs=epochs, images=images, full_epochs=full_epochs)
     )
+    unlearning_s = None
+    if len(shares) == 1:  # alone on the device, like the retraining figure
+        # an unlearning run's work scales with the retain images (its epochs are fixed)
+        unlearning_s = time_unlearning(spec, dev) * FULL_IMAGES / images
     seconds = [s for out in outs for s in out["seconds"]]
     # the training phase: first worker's first model to the last one's end (each worker's
     # start-up, its data and warm-up, is left out: it does not grow with the models)
@@ -209,6 +247,8 @@ def run(
         "full_size": full,
         # one model alone on the device: only without concurrent workers
         "retraining_s": sum(seconds) / len(seconds) * scale if len(shares) == 1 else None,
+        "unlearning_s": unlearning_s,
+        "unlearning_method": DEFAULT_METHOD,
         "training_wall_s": training_wall,
         # full-size models per minute of the training phase's wall time
         "models_per_min": 60 * models / (training_wall * scale),
@@ -246,12 +286,22 @@ def report_lines(res: dict) -> list[str]:
         if res["retraining_s"] is not None
         else "not measured with concurrent workers (run with --workers 1)"
     )
+    if res["unlearning_s"] is None:
+        unlearning = projection = "not measured with concurrent workers"
+    else:
+        measured = res["images"] == FULL_IMAGES  # its epochs are the method's own
+        how = "measured" if measured else f"estimated from {res['images']} images"
+        unlearning = f"{res['unlearning_s']:.1f} s ({res['unlearning_method']}, {how})"
+        hours = projected_hours(res["retraining_s"], res["unlearning_s"])
+        projection = f"{hours:.1f} h (1,537 trainings and 512 runs, one at a time)"
     return [
         f"ResNet-18 references, {RECIPE} recipe, {res['data']} 32x32 images",
         f"  device:            {res['device']}",
         f"  run:               {res['models']} model(s), {res['epochs']} epoch(s) on "
         f"{res['images']} images, {res['workers']} worker(s), {res['wall_s']:.1f} s",
         f"  one retraining:    {retraining}",
+        f"  one unlearning:    {unlearning}",
+        f"  N = 512 here:      {projection}",
         f"  models per minute: {res['models_per_min']:.3f} at full size ({kind})",
         f"  peak memory:       {res['peak_mb']:.0f} MB ({res['peak_kind']})",
     ]

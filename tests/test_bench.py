@@ -43,6 +43,8 @@ def test_quick_bench_runs_every_benchmark_and_prints_its_figures():
         ("batched_training", "models/min batched"),
         ("scale", "s per training"),
         ("resnet18", "one retraining s (estimate)"),
+        ("resnet18", "one unlearning s (shrink_perturb, estimate)"),
+        ("resnet18", "N = 512, one job at a time, h (estimate)"),
         ("resnet18", "models/min, 1 worker (estimate)"),
     ]:
         assert float(rows[key]) > 0, key

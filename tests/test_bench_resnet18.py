@@ -17,6 +17,12 @@ def test_estimate_scales_by_epochs_and_images():
         resnet18.estimate_full_seconds(1.0, epochs=0, images=10, full_epochs=30)
 
 
+def test_projected_hours_count_every_training_and_run_of_an_evaluation():
+    # N = 512: 1,537 trainings of 60 s and 512 runs of 9 s
+    assert resnet18.projected_hours(60.0, 9.0) == pytest.approx((1537 * 60 + 512 * 9) / 3600)
+    assert resnet18.projected_hours(1.0, 1.0, n_models=2) == pytest.approx(9 / 3600)
+
+
 def test_synthetic_images_have_cifar_shape_and_repeat_by_seed():
     a = resnet18.synthetic_split(20, seed=3)
     b = resnet18.synthetic_split(20, seed=3)
@@ -36,8 +42,13 @@ def test_tiny_cpu_run_reports_an_estimate_from_the_measured_seconds():
     assert res["training_wall_s"] >= seconds and res["wall_s"] > res["training_wall_s"]
     assert res["models_per_min"] == pytest.approx(60 / (res["training_wall_s"] * scale))
     assert res["peak_kind"] == "RSS while training" and res["peak_mb"] > 0
+    # one unlearning run, scaled by images only (the method's epochs are its own)
+    assert res["unlearning_method"] == "shrink_perturb" and res["unlearning_s"] > 0
     lines = resnet18.report_lines(res)
     assert "estimated from 1 epoch(s) on 16 images" in lines[3]
+    assert "(shrink_perturb, estimated from 16 images)" in lines[4]
+    hours = resnet18.projected_hours(res["retraining_s"], res["unlearning_s"])
+    assert f"{hours:.1f} h" in lines[5]
     assert res["device"].startswith("CPU")
 
 
@@ -45,7 +56,7 @@ def test_tiny_cpu_run_reports_an_estimate_from_the_measured_seconds():
 def test_workers_split_the_models_and_give_no_alone_figure():
     res = resnet18.run(device="cpu", images=8, epochs=1, models=3, workers=2)
     assert res["workers"] == 2 and len(res["model_seconds"]) == 3
-    assert res["retraining_s"] is None
+    assert res["retraining_s"] is None and res["unlearning_s"] is None
     assert "not measured with concurrent workers" in resnet18.report_lines(res)[3]
 
 
