@@ -94,14 +94,20 @@ def estimate_full_seconds(seconds: float, *, epochs: int, images: int, full_epoc
 
 
 def _train_share(
-    spec: DataSpec, seeds: list[int], epochs: int, device: str, threads: int, full: bool
+    spec: DataSpec,
+    seeds: list[int],
+    epochs: int,
+    device: str,
+    threads: int,
+    full: bool,
+    unlearning: bool = False,
 ) -> dict:
-    """Train one model per seed (in a worker process or in this one): their seconds. The
-    closing validation pass is the evaluator's, so it is timed in a full-size run; a
-    reduced run leaves it out, as it would not scale with the epochs and images."""
+    """Train one model per seed (in a worker process or in this one): their seconds; with
+    ``unlearning``, then also one unlearning run's seconds on the same data. The closing
+    validation pass is the evaluator's, so it is timed in a full-size run; a reduced run
+    leaves it out, as it would not scale with the epochs and images."""
     torch.set_num_threads(threads)
     data, val = load_images(spec)
-    val = val if full else None
     recipe = get_recipe(RECIPE, epochs=epochs)
     dev = torch.device(device)
     _warm_up(data, dev)
@@ -109,13 +115,22 @@ def _train_share(
         start = time.time()  # wall clock: comparable across the worker processes
         seconds = [
             train_new_model(
-                "resnet18", data, val, recipe, num_classes=10, device=dev, seed=s
+                "resnet18",
+                data,
+                val if full else None,
+                recipe,
+                num_classes=10,
+                device=dev,
+                seed=s,
             ).seconds
             for s in seeds
         ]
         end = time.time()
     peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else rss.mb
-    return {"seconds": seconds, "peak_mb": peak, "start": start, "end": end}
+    out = {"seconds": seconds, "peak_mb": peak, "start": start, "end": end}
+    if unlearning:
+        out["unlearning_s"] = time_unlearning(data, val, dev, seed=spec.seed)
+    return out
 
 
 def _warm_up(data: Split, device: torch.device) -> None:
@@ -129,13 +144,14 @@ def _warm_up(data: Split, device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def time_unlearning(spec: DataSpec, device: torch.device, method: str = DEFAULT_METHOD) -> float:
+def time_unlearning(
+    data: Split, val: Split, device: torch.device, *, seed: int, method: str = DEFAULT_METHOD
+) -> float:
     """Seconds of one unlearning run (``method``, no budget: its full recipe) on a ResNet-18,
-    with the data as the retain set, a forget set a ninth of its size (the evaluator's 10%
-    of the training data) and the validation images, in loaders of the competition's batch
+    with ``data`` as the retain set, a synthetic forget set a ninth of its size (the
+    evaluator's 10% of the training data) and ``val``, in loaders of the competition's batch
     size 64. The model is freshly initialised: a run's time does not depend on the weights."""
-    data, val = load_images(spec)
-    forget = synthetic_split(max(1, len(data) // 9), seed=spec.seed + 2)
+    forget = synthetic_split(max(1, len(data) // 9), seed=seed + 2)
     loaders = (
         make_loader(data, batch_size=64, shuffle=True, seed=0),
         make_loader(forget, batch_size=64, shuffle=False),
@@ -209,7 +225,8 @@ def run(
     if len(shares) == 1:
         before = torch.get_num_threads()
         try:
-            outs = [_train_share(spec, shares[0], epochs, str(dev), before, full)]
+            # alone on the device: also one unlearning run, like the retraining figure
+            outs = [_train_share(spec, shares[0], epochs, str(dev), before, full, True)]
         finally:
             torch.set_num_threads(before)
     else:
@@ -227,10 +244,10 @@ def run(
         if full
         else estimate_full_seconds(1.0, epochs=epochs, images=images, full_epochs=full_epochs)
     )
-    unlearning_s = None
-    if len(shares) == 1:  # alone on the device, like the retraining figure
+    unlearning_s = outs[0].get("unlearning_s")
+    if unlearning_s is not None:
         # an unlearning run's work scales with the retain images (its epochs are fixed)
-        unlearning_s = time_unlearning(spec, dev) * FULL_IMAGES / images
+        unlearning_s *= FULL_IMAGES / images
     seconds = [s for out in outs for s in out["seconds"]]
     # the training phase: first worker's first model to the last one's end (each worker's
     # start-up, its data and warm-up, is left out: it does not grow with the models)
