@@ -1,4 +1,4 @@
-"""All benchmarks in one run, one table: ``python -m bench [--quick]``.
+"""All benchmarks in one run, one table: ``python -m bench [--quick] [--only NAMES]``.
 
 ``--quick`` shrinks every benchmark (a smoke run in about a minute on 2 CPU cores, whose
 figures are indicative only); without it each runs at its own default size.
@@ -7,6 +7,7 @@ figures are indicative only); without it each runs at its own default size.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
@@ -142,16 +143,41 @@ RUNNERS = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="reduced sizes (smoke run)")
+    parser.add_argument(
+        "--only",
+        metavar="NAMES",
+        help=f"comma-separated benchmarks to run, of: {', '.join(RUNNERS)} (default: all)",
+    )
     args = parser.parse_args(argv)
+    names = selected(args.only, parser)
     rows = []
-    for name, runner in RUNNERS.items():
+    for name in names:
         size = SIZES[name][1 if args.quick else 0]
-        rows += [(name, what, value) for what, value in runner(size)]
+        new = [(name, what, value) for what, value in RUNNERS[name](size)]
+        # each benchmark's figures as soon as they exist (stderr): a run cut short by a
+        # time limit still says what it measured
+        for row in new:
+            print(" | ".join(row), file=sys.stderr, flush=True)
+        rows += new
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     print(f"benchmarks ({'quick' if args.quick else 'full'} sizes)")
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return 0
+
+
+def selected(only: str | None, parser: argparse.ArgumentParser) -> list[str]:
+    """The benchmarks ``--only`` names, in the table's order; all without it."""
+    if only is None:
+        return list(RUNNERS)
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in RUNNERS]
+    if unknown or not names:
+        parser.error(
+            f"--only: unknown benchmark(s) {', '.join(unknown) or repr(only)}; "
+            f"choose from {', '.join(RUNNERS)}"
+        )
+    return [n for n in RUNNERS if n in names]
 
 
 if __name__ == "__main__":

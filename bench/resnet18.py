@@ -43,6 +43,7 @@ from local_eval.data import Split, load_setup, make_loader
 from local_eval.models import build_model
 from local_eval.train import get_recipe, train_new_model
 from submission import DEFAULT_METHOD, get_method
+from submission.devices import synchronize
 
 # CIFAR-10's training images, less the evaluator's validation images (CIFAR_VAL_SIZE) and a
 # random 10% forget set: what one reference model trains on in the default 32x32 setup.
@@ -140,7 +141,6 @@ def _warm_up(data: Split, device: torch.device) -> None:
     small = data.take(range(min(len(data), 2 * recipe.batch_size)))
     train_new_model("resnet18", small, None, recipe, num_classes=10, device=device, seed=0)
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
 
 
@@ -161,8 +161,7 @@ def time_unlearning(
     net = build_model("resnet18", num_classes=10, in_channels=3, image_size=32).to(device)
     start = time.perf_counter()
     get_method(method)(net, *loaders)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     return time.perf_counter() - start
 
 

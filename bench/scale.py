@@ -94,8 +94,9 @@ def run(*, n_models: int = 512, shards: int = 64, method: str | None = None) -> 
     method = method or submission.DEFAULT_METHOD
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as name:
         tmp = Path(name)
+        # on the CPU even where a GPU is: the projection is "all jobs on one core"
         common = ["--n-models", str(n_models), "--method", method, "--workers", "1",
-                  "--threads", "1", "--quiet", "--no-cache"]  # fmt: skip
+                  "--threads", "1", "--device", "cpu", "--quiet", "--no-cache"]  # fmt: skip
         real_dir = tmp / "real"
         real = child(["shard", "--shard", f"0/{shards}", *common, "--out", str(real_dir)], tmp)
         part, manifest = read_shard(real_dir)

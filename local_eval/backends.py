@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from submission.devices import cuda_problem
+
 from .data import DataSetup, load_setup
 
 __all__ = [
@@ -46,8 +48,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = parse_device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for but no CUDA GPU is available")
+    problem = cuda_problem(device)
+    if problem:
+        raise ValueError(f"device {name!r} asked for, but {problem} (try --device auto or cpu)")
     return device
 
 

@@ -46,7 +46,9 @@ Adam amplifies that over 10 epochs to ~1e-2 in single weights (its early steps a
 ``lr * sign(gradient)``), which is also why a model's weights depend on its group size at
 that level (tests: K = 1 vs sequential within 2e-2 and >= 99% equal test predictions;
 group sizes 4 / 3 / 1 >= 98% equal predictions; K = 4 mean test accuracy within 0.02 of the
-sequential trainer's). The same seeds and group size repeat bitwise. ``TrainResult.seconds``
+sequential trainer's). The same seeds and group size repeat bitwise on a CPU (on a GPU,
+cuDNN's and the max-pool backward's atomic adds make repeats differ by float rounding, as
+they do for the sequential trainer there). ``TrainResult.seconds``
 is the group's wall time divided by K (amortised), not the time one model takes alone.
 Augmentation and best-on-validation recipes are refused (use the sequential trainer).
 """
@@ -65,6 +67,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
+
+from submission.devices import synchronize
 
 from .batched_ops import stacked_forward, supports
 from .data import Split
@@ -204,6 +208,7 @@ def _train_group(arch, data, val, recipe, num_classes, device, seeds) -> list[Tr
             if scheduler is not None:
                 scheduler.step()
 
+    synchronize(device)  # the group's queued GPU work is part of its time
     seconds = (time.perf_counter() - start) / len(seeds)
     return [
         _unstacked(model, k, stacked, params, buffers, val, device, seconds, recipe.epochs)

@@ -35,6 +35,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from submission.devices import synchronize
+from submission.loop import warm_up
+
 from .backends import BACKENDS, open_backend, resolve_device, resolve_threads, resolve_workers
 from .batched import DEFAULT_GROUP, TRAINERS, check_batchable, train_new_models_batched
 from .cache import ModelCache, digest_tensors
@@ -255,9 +258,9 @@ def _opened(config: EvalConfig, stages: dict[str, float]):
         open_backend(config.backend, setup=setup, **where) as backend,
         _cpu_threads(backend.device, backend.threads),
     ):
-        from submission.loop import warm_up
-
-        warm_up()  # torch's one-off lazy imports must not count against the first timed run
+        # one-off lazy imports must not count against a timed run (the device itself is
+        # warmed where the calls run: a Ray cluster's GPUs need not be on this machine)
+        warm_up()
         yield setup, arch, recipe, backend
 
 
@@ -373,6 +376,9 @@ class _ModelSource:
         }
         if self.trainer != "sequential":  # same recipe, other float rounding: kept apart
             identity["trainer"] = self.trainer  # (sequential keys stay as they were)
+        device = torch.device(self.backend.device).type
+        if device != "cpu":  # other kernels (TF32 on a GPU), and other seconds: kept apart
+            identity["device"] = device  # (CPU keys stay as they were)
         return self.cache.group(identity)
 
     def seed(self, role: str, index: int) -> int:
@@ -467,6 +473,7 @@ def train_models(
 ) -> list[tuple[ModelRecord, dict | None]]:
     """One backend call: train the models ``seeds`` of ``role`` (one after the other, or
     all at once with the batched trainer); ``(record, CPU state dict if weights)`` each."""
+    warm_up(device)  # this process's first model must not pay the device's start-up
     if trainer == "batched":
         pairs = train_records_batched(setup, arch, recipe, role, list(seeds), device)
     else:
@@ -554,6 +561,7 @@ def unlearning_run(
 
     seed = model_seed(setup.seed, "unlearning", index)
     where = f"unlearning run {index + 1}/{n} (seed {seed})"
+    warm_up(device)  # the CUDA context and handles must not eat the first run's budget
     net = _fresh_model(arch, setup, original, device)
     seed_everything(seed)
     loaders = [
@@ -567,6 +575,7 @@ def unlearning_run(
         raise RunTimeout(f"{where} {exc}") from None
     except Exception as exc:
         raise SubmissionError(f"{where} raised {type(exc).__name__}: {exc}") from exc
+    synchronize(device)  # the run's queued GPU work is part of its time
     seconds = time.perf_counter() - start
     model = _check_returned(out, net, original, where)
     try:

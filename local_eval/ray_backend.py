@@ -31,7 +31,7 @@ from .backends import WorkerSpec, call_in_worker, parse_device
 from .data import DataSetup
 from .loading import USER_MODULE_PREFIX
 
-__all__ = ["RayBackend"]
+__all__ = ["RayBackend", "task_options"]
 
 INSTALL = "pip install -r requirements-ray.txt"
 
@@ -89,7 +89,7 @@ class RayBackend:
         )
         self.workers = workers or max(1, int(slots))  # models in flight: batched group sizes
         self.spec = WorkerSpec.of(setup, self.threads)
-        self._task = ray.remote(_run).options(num_cpus=self.threads, num_gpus=self.gpus_per_task)
+        self._task = ray.remote(**task_options(self.threads, self.gpus_per_task))(_run)
 
     def map(
         self,
@@ -129,6 +129,18 @@ class RayBackend:
     def close(self) -> None:
         if self._started:
             self._ray.shutdown()
+
+
+def task_options(threads: int, gpus_per_task: float) -> dict:
+    """Resources of one task. A GPU task gets a fresh worker process (``max_calls=1``): Ray
+    picks a task's GPU through ``CUDA_VISIBLE_DEVICES``, which CUDA reads once per process,
+    so a reused worker would stay on its first task's GPU and crowd it on a multi-GPU node.
+    (Ray applies this default only to a decorated function, not through ``.options``, so
+    it is said here.) A CPU task reuses its worker: the data is loaded once per process."""
+    options = {"num_cpus": threads, "num_gpus": gpus_per_task}
+    if gpus_per_task:
+        options["max_calls"] = 1
+    return options
 
 
 def _cluster_device(name: str, gpus: float) -> torch.device:

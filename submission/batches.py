@@ -35,7 +35,10 @@ def unpack_batch(batch, device: torch.device | str) -> tuple[torch.Tensor, torch
     if not x.is_floating_point():
         x = x.float()
     y = torch.as_tensor(y).long()
-    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    # Asynchronous only towards a GPU (its kernels queue behind the copy); a copy from a GPU
+    # to the CPU must be complete before the CPU reads it.
+    non_blocking = torch.device(device).type == "cuda"
+    return x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)
 
 
 def device_batches(loader: Iterable, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .devices import synchronize
+
 __all__ = [
     "Deadline",
     "Schedule",
@@ -36,12 +38,44 @@ __all__ = [
 ]
 
 
-def warm_up() -> None:
-    """Pay torch's one-off lazy costs (the first optimizer imports ``torch._dynamo``, about 2 s
-    on CPU) before timing anything, so they do not eat the first budgeted call's deadline."""
-    param = torch.nn.Parameter(torch.zeros(1))
-    torch.optim.SGD([param], lr=0.0)
-    torch.optim.Adam([param], lr=0.0)
+_WARMED: set[str] = set()  # devices warmed in this process
+
+
+def warm_up(device: torch.device | str | None = None) -> None:
+    """Pay torch's one-off lazy costs before timing anything, so they do not eat the first
+    budgeted call's deadline or inflate the first model's seconds: the first optimizer
+    imports ``torch._dynamo`` (about 2 s on CPU), and on a GPU the first kernels create the
+    CUDA context and the cuBLAS/cuDNN handles. With ``device``, one training step of a tiny
+    convolutional model (convolution, BatchNorm, Linear, Adam) runs there. Once per device
+    and process; later calls return at once."""
+    name = "" if device is None else str(torch.device(device))
+    if name in _WARMED:
+        return
+    if "" not in _WARMED:
+        param = torch.nn.Parameter(torch.zeros(1))
+        torch.optim.SGD([param], lr=0.0)
+        torch.optim.Adam([param], lr=0.0)
+        _WARMED.add("")
+    if name:
+        _one_tiny_step(torch.device(device))
+        _WARMED.add(name)
+
+
+def _one_tiny_step(device: torch.device) -> None:
+    # the layers' initialisation draws from the global generator: it must not move a seeded
+    # run's random stream (a run would then depend on what its process did before)
+    with torch.random.fork_rng(devices=[]):
+        net = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 4, 3, padding=1),
+            torch.nn.BatchNorm2d(4),
+            torch.nn.Flatten(),
+            torch.nn.Linear(4 * 8 * 8, 2),
+        ).to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.0)
+    loss = net(torch.zeros(2, 1, 8, 8, device=device)).logsumexp(1).sum()
+    loss.backward()
+    optimizer.step()
+    synchronize(device)
 
 
 class Deadline:
@@ -174,16 +208,17 @@ class TrainLoop:
         self.planned_steps = max(1, int(planned_steps))
         self.probe_steps = probe_steps
         self.margin = margin
-        # CUDA runs asynchronously: wait for each step so its seconds are real.
-        self.sync = torch.device(device) if device is not None else None
-        if self.sync is not None and self.sync.type != "cuda":
-            self.sync = None
+        self._timings = _TIMINGS.get()
+        # CUDA runs asynchronously: a budget (or a timings collector) needs each step's
+        # real seconds, so the loop waits for every step then; otherwise it lets the GPU
+        # run ahead of Python, as a reference training does (the two are compared).
+        timed = deadline.budget_s is not None or self._timings is not None
+        self.sync = torch.device(device) if device is not None and timed else None
         self.fraction = 1.0  # share of each phase that runs
         self.steps = 0
         self.step_seconds = 0.0  # summed seconds per step, data included
         self.started = 0  # planned steps of the phases started so far
         self.stopped = False  # True once the deadline cut a phase short
-        self._timings = _TIMINGS.get()
         if self._timings is not None:
             self._timings.loops += 1
             self._timings.planned_steps += self.planned_steps
@@ -242,7 +277,7 @@ class TrainLoop:
             if isinstance(loss, torch.Tensor):
                 loss = loss.detach()
             if self.sync is not None:
-                torch.cuda.synchronize(self.sync)
+                synchronize(self.sync)
             t2 = time.perf_counter()
             done += 1
             self.steps += 1

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batches import count_batches, device_batches
+from .devices import synchronize
 from .loop import Deadline, Schedule, TrainLoop, cosine, record_timings, warm_up
 from .run import (
     Inputs,
@@ -83,8 +84,7 @@ def reference_workload(device: torch.device, *, steps: int = 10, repeats: int = 
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(net(x), y).backward()
             opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
 
     train(3)  # warm-up
     times = []
@@ -129,7 +129,7 @@ def read_machine_profile(path: str) -> dict:
 
 def time_runs(inputs: Inputs, args, k: int) -> list[dict]:
     """``k`` timed unlearning runs, each ``{'total_s', 'data_s', 'step_s', 'extra_s', ...}``."""
-    warm_up()
+    warm_up(inputs.device)
     run_once(inputs, args, args.seed, args.budget_s)  # discarded: one-off costs
     runs = []
     for i in range(k):

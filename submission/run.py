@@ -55,6 +55,7 @@ from pathlib import Path
 
 import torch
 
+from .devices import cuda_problem
 from .loop import warm_up
 from .registry import UnknownMethodError, get_method
 from .seeding import seed_everything
@@ -539,8 +540,9 @@ def parse_device(name: str | None) -> torch.device:
         device = torch.device(name or default_device())
     except RuntimeError as e:
         raise UsageError(f"bad --device {name!r}: {e}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda asked for, but torch sees no CUDA device")
+    problem = cuda_problem(device)
+    if problem:
+        raise UsageError(f"--device {name} asked for, but {problem} (try --device cpu)")
     return device
 
 
@@ -682,7 +684,7 @@ def _run_locked(args, inputs: Inputs, out: Path) -> int:
     if todo and watch.can_start():
         # A discarded run first: lazy imports, allocator and cuDNN warm-up would otherwise
         # eat the first checkpoint's budget (its method would then do almost nothing).
-        warm_up()
+        warm_up(inputs.device)
         with job_time_limit(watch, "the warm-up run"):
             run_once(inputs, args, args.seed, budget_s)
     with progress_bar(len(mine), len(mine) - len(todo)) as bar:

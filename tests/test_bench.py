@@ -22,7 +22,9 @@ def test_quick_bench_runs_every_benchmark_and_prints_its_figures():
         text=True,
         timeout=600,
         check=True,
-    ).stdout
+    )
+    streamed = [line.split(" | ")[:2] for line in out.stderr.splitlines() if " | " in line]
+    out = out.stdout
     rows = {}
     for line in out.splitlines()[1:]:
         name, what, value = re.split(r"\s{2,}", line.strip(), maxsplit=2)
@@ -55,6 +57,38 @@ def test_quick_bench_runs_every_benchmark_and_prints_its_figures():
         "2 rounds of 4 models, groups of 4, 2 epochs"
     )
     assert len(rows[("batched_training", "ratio per round")].split(", ")) == 2
+    # every row was also printed as soon as its benchmark finished
+    assert [tuple(pair) for pair in streamed] == list(rows)
+
+
+def test_only_runs_the_named_benchmarks_in_the_table_order(monkeypatch, capsys):
+    import bench.__main__ as bench_main
+
+    ran = []
+
+    def fake(name):
+        def runner(size):
+            ran.append(name)
+            return [("seconds", "1.5")]
+
+        return runner
+
+    monkeypatch.setattr(bench_main, "RUNNERS", {n: fake(n) for n in bench_main.RUNNERS})
+    assert bench_main.main(["--only", "scale, metric"]) == 0
+    assert ran == ["metric", "scale"]
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == ["metric | seconds | 1.5", "scale | seconds | 1.5"]
+    assert captured.out.splitlines()[1:] == ["metric  seconds  1.5", "scale   seconds  1.5"]
+
+
+def test_only_refuses_an_unknown_benchmark_naming_the_known_ones(capsys):
+    import bench.__main__ as bench_main
+
+    with pytest.raises(SystemExit) as exc:
+        bench_main.main(["--only", "metric,resnet50"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--only: unknown benchmark(s) resnet50; choose from metric, evaluator," in err
 
 
 def test_steal_fraction_is_the_steal_share_of_the_cpu_time_in_between():

@@ -71,5 +71,5 @@ def test_bad_sizes_are_refused_with_the_values(capsys):
 
 def test_cuda_asked_for_without_a_gpu_says_so(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ValueError, match="no CUDA GPU is available"):
+    with pytest.raises(ValueError, match="torch sees no CUDA device"):
         resnet18.run(device="cuda")

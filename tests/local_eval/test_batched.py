@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -229,7 +230,8 @@ def test_group_sizes_share_the_models_among_workers():
 
 def test_batched_models_have_their_own_cache_keys(digits, recipe):
     def key(*trainer):
-        args = (digits, "smallcnn", recipe, ModelCache(None), None, False)
+        backend = types.SimpleNamespace(device=torch.device("cpu"))
+        args = (digits, "smallcnn", recipe, ModelCache(None), backend, False)
         return _ModelSource(*args, *trainer).key("retrained")
 
     assert key("batched") != key("sequential")

@@ -164,7 +164,7 @@ def test_config_checks():
         EvalConfig(threads=0)
     assert pipeline.resolve_threads(3, workers=1) == 3
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="no CUDA GPU"):
+        with pytest.raises(ValueError, match="torch sees no CUDA device"):
             pipeline.resolve_device("cuda")
     with pytest.raises(ValueError, match="unknown device 'gpu0'"):
         pipeline.resolve_device("gpu0")
@@ -192,3 +192,61 @@ def test_worker_processes_train_the_same_models(tmp_path):
         a, b = getattr(serial.signals, group), getattr(parallel.signals, group)
         assert np.array_equal(a.seeds, b.seeds)
         np.testing.assert_allclose(a.forget_logits, b.forget_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_an_unlearning_run_is_timed_to_the_end_of_its_device_work(monkeypatch):
+    """Warm-up before the clock starts, the device's queue drained before it stops (on a
+    GPU the method returns while its kernels still run)."""
+    import types
+
+    from local_eval.data import load_setup
+    from local_eval.models import build_model
+
+    setup = load_setup("digits")
+    events = []
+    ticks = iter(range(10, 100, 10))
+
+    def clock():
+        events.append("clock")
+        return float(next(ticks))
+
+    def fn(net, retain, forget, val):
+        events.append("method")
+        return net
+
+    monkeypatch.setattr(pipeline, "warm_up", lambda device: events.append(f"warm {device}"))
+    monkeypatch.setattr(pipeline, "synchronize", lambda device: events.append(f"sync {device}"))
+    monkeypatch.setattr(pipeline, "time", types.SimpleNamespace(perf_counter=clock))
+    net = build_model("smallcnn", num_classes=10, in_channels=1, image_size=8)
+    record = pipeline.unlearning_run(
+        setup,
+        method=method(fn),
+        original=net.state_dict(),
+        arch="smallcnn",
+        index=0,
+        n=1,
+        device="cpu",
+        budget_s=None,
+    )
+    assert events == ["warm cpu", "clock", "method", "sync cpu", "clock"]
+    assert record.seconds == 10.0
+
+
+def test_models_trained_on_a_gpu_are_cached_apart_from_cpu_ones(tmp_path):
+    import types
+
+    from local_eval.data import load_setup
+
+    setup = load_setup("digits")
+    cache = ModelCache(tmp_path)
+
+    def key(device, trainer="sequential"):
+        backend = types.SimpleNamespace(device=torch.device(device))
+        source = pipeline._ModelSource(
+            setup, "smallcnn", RECIPES["fast_smallcnn"], cache, backend, False, trainer
+        )
+        return source.key("retrained")
+
+    assert key("cpu") != key("cuda")
+    assert key("cuda:1") == key("cuda")  # the kind of device, not which one
+    assert len({key("cpu"), key("cuda"), key("cpu", "batched"), key("cuda", "batched")}) == 4

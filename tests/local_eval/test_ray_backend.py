@@ -73,3 +73,15 @@ def test_notebook_definitions_reach_the_workers(tmp_path):
     signals = result.signals  # untouched: every run is the original, floor model 0
     for run in signals.unlearned.forget_logits:
         assert np.array_equal(run, signals.floor.forget_logits[0])
+
+
+def test_gpu_tasks_get_a_fresh_worker_each_and_cpu_tasks_reuse_theirs():
+    """A reused worker would keep its first task's GPU (CUDA reads CUDA_VISIBLE_DEVICES once
+    per process); the options must reach Ray as a decorator's, where max_calls is allowed."""
+    from local_eval.ray_backend import _run, task_options
+
+    assert task_options(2, 0.0) == {"num_cpus": 2, "num_gpus": 0.0}
+    assert task_options(1, 0.5) == {"num_cpus": 1, "num_gpus": 0.5, "max_calls": 1}
+    remote = ray.remote(**task_options(1, 0.5))(_run)
+    assert remote._default_options["max_calls"] == 1
+    assert ray.remote(**task_options(2, 0.0))(_run)._default_options.get("max_calls") in (None, 0)

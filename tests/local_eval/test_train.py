@@ -122,3 +122,26 @@ def test_example_losses_match_torch():
         torch.tensor(logits), torch.tensor(labels), reduction="none"
     ).numpy()
     assert np.allclose(example_losses(logits, labels), expected, atol=1e-6)
+
+
+def test_a_training_is_timed_to_the_end_of_its_device_work(digits, monkeypatch):
+    """Without a validation pass nothing else waits for a GPU's queued steps."""
+    import types
+
+    from local_eval import train
+
+    events = []
+    ticks = iter([5.0, 12.5])
+
+    def clock():
+        events.append("clock")
+        return next(ticks)
+
+    monkeypatch.setattr(train, "synchronize", lambda device: events.append(f"sync {device}"))
+    monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=clock))
+    recipe = get_recipe("fast_smallcnn", epochs=1)
+    result = train_new_model(
+        "smallcnn", digits.retain, None, recipe, num_classes=10, device="cpu", seed=0
+    )
+    assert events == ["clock", "sync cpu", "clock"]
+    assert result.seconds == 7.5

@@ -150,3 +150,46 @@ def test_loop_is_calibrated_once_the_probe_steps_are_timed():
     assert seen[3][1] < 0.2  # 1000 steps of 10 ms do not fit in 1 s
     # without a budget there is nothing to measure: calibrated from the first step
     assert TrainLoop(Deadline(None), planned_steps=10).calibrated
+
+
+def test_loop_waits_for_a_gpu_each_step_only_when_a_budget_or_timings_need_it(monkeypatch):
+    """A reference training lets the GPU run ahead of Python; the unlearning run it is
+    compared with must too, unless its seconds per step are needed (faked GPU)."""
+    from submission import loop as loop_module
+
+    waits = []
+    monkeypatch.setattr(loop_module, "synchronize", waits.append)
+    gpu = torch.device("cuda")
+
+    TrainLoop(Deadline(None), planned_steps=5, device=gpu).run(range(5), lambda b: 0, steps=5)
+    assert waits == []
+    TrainLoop(Deadline(100.0), planned_steps=5, device=gpu).run(range(5), lambda b: 0, steps=5)
+    assert waits == [gpu] * 5
+    with record_timings():
+        TrainLoop(Deadline(None), planned_steps=3, device=gpu).run(range(3), lambda b: 0, steps=3)
+    assert waits == [gpu] * 8
+
+
+def test_warm_up_steps_once_per_device_and_process(monkeypatch):
+    from submission import loop as loop_module
+
+    steps = []
+    monkeypatch.setattr(loop_module, "_WARMED", set())
+    monkeypatch.setattr(loop_module, "_one_tiny_step", steps.append)
+    loop_module.warm_up()
+    assert steps == [] and loop_module._WARMED == {""}
+    loop_module.warm_up("cpu")
+    loop_module.warm_up(torch.device("cpu"))
+    loop_module.warm_up("cuda:0")
+    loop_module.warm_up("cuda:0")
+    assert steps == [torch.device("cpu"), torch.device("cuda:0")]
+
+
+def test_the_warm_up_step_leaves_the_random_stream_where_it_was():
+    from submission.loop import _one_tiny_step
+
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    _one_tiny_step(torch.device("cpu"))  # a real step: initialises layers, Adam on the CPU
+    assert torch.equal(torch.rand(3), expected)
