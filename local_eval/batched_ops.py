@@ -26,6 +26,10 @@ Then every image layer is a single native call whose channels-last CPU kernel is
 - ``ReLU``, ``MaxPool2d``, ``AdaptiveAvgPool2d``, ``Identity``: as is (they act per
   channel); a ReLU directly before a MaxPool2d runs after it (exact; 4x less data, see
   :func:`_plan`);
+- a ``BatchNorm2d`` then a 2x2 ``MaxPool2d`` (the digits model's first block, once its ReLU
+  has moved): in training on a CPU, the pool of the raw input and then the normalisation,
+  with the batch statistics from BatchNorm's own kernel and a hand-derived backward
+  (:class:`_PoolThenNormalise`; exact while every scale is positive, checked each step);
 - ``Flatten`` reorders to ``[K, B, features]`` (a custom backward returns the gradient in
   the channels-last layout), and ``Linear`` is one ``baddbmm`` per step, computed as
   ``(W @ x^T)^T`` for a well-shaped weight gradient. A Flatten directly before a Linear
@@ -36,14 +40,23 @@ The logits are ``[K, B, classes]``. The maths is the modules' maths; only the su
 order inside the kernels differs, so logits and gradients agree with the sequential model's
 to float rounding (tests: K = 1 and K = 3 against ``nn.Sequential``, within 1e-5).
 
-Where the time goes now (digits, K = 16, 1 thread, torch.profiler, per step of ~20 ms):
-the second convolution's backward ~28%, the first BatchNorm's backward and forward and
-the max-pool's backward (with its zero-filled full-size gradient) ~30%, the two forward
-convolutions ~15%, the rest (flatten copies, Linear, BatchNorm 2, Adam) ~25%. Most of it is
-memory-bound on multi-MB activations, which run 2-4x slower inside a training step than
-alone (page faults on fresh allocations, cache misses). Tried and dropped, as not faster
-when measured: an im2col + ``bmm`` convolution, a hand-written BatchNorm, a fused
-BatchNorm + max-pool backward that scatter-adds the pooled gradient; and (2026-11-23, K = 16,
+Where the time went (digits, K = 16, 1 thread, torch.profiler, per step of ~20 ms, before
+the pool-then-normalise step): the second convolution's backward ~28%, the first
+BatchNorm's backward and forward and the max-pool's backward (with its zero-filled
+full-size gradient) ~30%, the two forward convolutions ~15%, the rest (flatten copies,
+Linear, BatchNorm 2, Adam) ~25%. BatchNorm's backward took 2.3 ms on the 4 MB first-block
+activations inside a step against 0.56 ms alone: memory-bound work on multi-MB tensors runs
+2-4x slower inside a training step (page faults on fresh allocations, cache misses), so
+passes over the full-size tensors are what to save. The pool-then-normalise step (2026-11-24)
+saves two of them and a 4 MB allocation each way: the whole batched training 1.10x as fast
+at 1 thread and 1.17x at 2 lanes (``train_new_models_batched``, 16 and 32 models, the two
+versions interleaved over 4 rounds in one process; same mean validation accuracy); now
+the convolutions' backward is ~31% of a step. Tried and dropped, as not faster when
+measured: an im2col + ``bmm`` convolution, a hand-written BatchNorm (its statistics by
+``var_mean`` took 6.8 ms against 0.13 for BatchNorm's own statistics kernel), a BatchNorm
+backward from sums over the ``[B*H*W, C]`` view, a fused BatchNorm + max-pool backward
+that scatter-adds the pooled gradient (``index_put_``: 4.8 ms), in-place ReLUs (no
+faster); and (2026-11-23, K = 16,
 1 thread) the first convolution as a depthwise one over 16x repeated inputs (11 ms forward +
 backward against 0.7), its weight gradient as a ``bmm`` over unfolded inputs (3.4 ms against
 1.6), the second's input gradient as a forward convolution with flipped weights (oneDNN
@@ -58,6 +71,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -94,13 +108,21 @@ def _conv2d(m: nn.Conv2d, p: str, s: _Stack, x: torch.Tensor) -> torch.Tensor:
     )
 
 
-def _batch_norm2d(m: nn.BatchNorm2d, p: str, s: _Stack, x: torch.Tensor) -> torch.Tensor:
-    momentum = 0.0  # unused in eval mode
-    if s.training:
-        tracked = s.buffers[p + "num_batches_tracked"]
-        tracked.add_(1)
-        # as nn.BatchNorm2d: exponential average, or cumulative when momentum is None
-        momentum = 1.0 / float(tracked[0]) if m.momentum is None else m.momentum
+def _momentum(m: nn.BatchNorm2d, p: str, s: _Stack) -> float:
+    """The step's running-statistics momentum; in training, counts the batch as
+    ``nn.BatchNorm2d`` does (``num_batches_tracked``)."""
+    if not s.training:
+        return 0.0  # unused in eval mode
+    tracked = s.buffers[p + "num_batches_tracked"]
+    tracked.add_(1)
+    # as nn.BatchNorm2d: exponential average, or cumulative when momentum is None
+    return 1.0 / float(tracked[0]) if m.momentum is None else m.momentum
+
+
+def _batch_norm2d(
+    m: nn.BatchNorm2d, p: str, s: _Stack, x: torch.Tensor, momentum: float | None = None
+) -> torch.Tensor:
+    momentum = _momentum(m, p, s) if momentum is None else momentum
     return F.batch_norm(
         x,
         s.buffers[p + "running_mean"].view(-1),  # views: the kernel updates the stacked buffers
@@ -123,6 +145,86 @@ def _identity(m: nn.Identity, p: str, s: _Stack, x: torch.Tensor) -> torch.Tenso
 
 def _max_pool2d(m: nn.MaxPool2d, p: str, s: _Stack, x: torch.Tensor) -> torch.Tensor:
     return F.max_pool2d(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
+
+
+class _PoolThenNormalise(torch.autograd.Function):
+    """Training-mode BatchNorm followed by a 2x2 max-pool (stride 2), computed as the pool
+    then the normalisation: the same values and gradients where every channel's scale is
+    positive (then the normalisation is increasing, so it commutes with the max), on a
+    quarter of the data. Forward: the batch statistics (the kernel ``nn.BatchNorm2d``
+    uses, running statistics updated in place), the max-pool of the raw input, the
+    normalisation of the pooled values; no full-size normalised tensor. Backward: BatchNorm's
+    input gradient is the pooled gradient scaled by ``gamma * invstd`` at each window's
+    maximum plus ``u + v * x`` per channel (the batch mean's and variance's share, from two
+    sums over the pooled gradient), i.e. one max-pool backward and one pass over ``x``.
+    Measured at K = 16, 1 thread, forward + backward of this block: ~2.0 ms against ~3.3 ms
+    for the two native layers (fewer passes over the 4 MB input, one 4 MB gradient instead
+    of two)."""
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, running_mean, running_var, momentum, eps):
+        c = x.shape[1]
+        mean, var = torch.batch_norm_update_stats(x, running_mean, running_var, momentum)
+        invstd = torch.rsqrt(var + eps)
+        pooled, where = F.max_pool2d(x, 2, return_indices=True)
+        scale = gamma * invstd
+        out = torch.addcmul((beta - mean * scale).view(1, c, 1, 1), pooled, scale.view(1, c, 1, 1))
+        ctx.save_for_backward(x, pooled, where, mean, invstd, scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, pooled, where, mean, invstd, scale = ctx.saved_tensors
+        b, c, h, w = x.shape
+        n = b * h * w  # values per channel in the batch statistics
+        rows = grad.permute(0, 2, 3, 1).reshape(-1, c)  # channels-last: a view
+        normalised = (pooled.permute(0, 2, 3, 1).reshape(-1, c) - mean) * invstd
+        grad_beta = rows.sum(0)
+        grad_gamma = (rows * normalised).sum(0)
+        v = -(scale / n) * invstd * grad_gamma
+        u = -(scale / n) * grad_beta - v * mean
+        grad_x = torch.ops.aten.max_pool2d_with_indices_backward(
+            grad * scale.view(1, c, 1, 1), x, [2, 2], [2, 2], [0, 0], [1, 1], False, where
+        )
+        grad_x.addcmul_(x, v.view(1, c, 1, 1)).add_(u.view(1, c, 1, 1))
+        return grad_x, grad_gamma, grad_beta, None, None, None, None
+
+
+def _batch_norm_max_pool(
+    m: nn.BatchNorm2d, p: str, s: _Stack, x: torch.Tensor, pool: nn.MaxPool2d
+) -> torch.Tensor:
+    """A BatchNorm2d then a 2x2 max-pool: :class:`_PoolThenNormalise` in training on a CPU
+    while every scale is positive (checked each step: training can drive one to zero or
+    below, and then the order matters), else the two layers as they are. Not on a GPU:
+    the check would wait for the device every step, and it was not measured there."""
+    momentum = _momentum(m, p, s)
+    gamma = s.params[p + "weight"].reshape(-1)
+    if s.training and x.device.type == "cpu" and bool((gamma > 0).all()):
+        return _PoolThenNormalise.apply(
+            x,
+            gamma,
+            s.params[p + "bias"].reshape(-1),
+            s.buffers[p + "running_mean"].view(-1),
+            s.buffers[p + "running_var"].view(-1),
+            momentum,
+            m.eps,
+        )
+    return _max_pool2d(pool, "", s, _batch_norm2d(m, p, s, x, momentum))
+
+
+def _pool_after_norm_ok(m: nn.MaxPool2d) -> bool:
+    """The max-pools :func:`_batch_norm_max_pool` covers: 2x2, stride 2, nothing else."""
+    return (
+        _pair(m.kernel_size) == (2, 2)
+        and _pair(m.stride or m.kernel_size) == (2, 2)
+        and _pair(m.padding) == (0, 0)
+        and _pair(m.dilation) == (1, 1)
+        and not m.ceil_mode
+    )
+
+
+def _pair(v) -> tuple:
+    return (v, v) if isinstance(v, int) else tuple(v)
 
 
 def _adaptive_avg_pool2d(m: nn.AdaptiveAvgPool2d, p: str, s: _Stack, x: torch.Tensor):
@@ -271,6 +373,8 @@ def _plan(model: nn.Module) -> list[tuple[LayerFn, nn.Module, str]]:
       are the same (ReLU is monotone: the pool picks the same first maximum either way, and
       where that is <= 0 both orders give 0 and a zero gradient), and the ReLU then touches
       a tensor kernel_size^2 times smaller (on the digits model: 8x8 -> 4x4).
+    - A ``BatchNorm2d`` directly followed by a 2x2 ``MaxPool2d`` (after the first rewrite)
+      is one step, :func:`_batch_norm_max_pool`.
     - A ``Flatten`` directly followed by a ``Linear`` is one step, :func:`_flatten_linear`.
     """
     layers = list(model.named_children())
@@ -285,6 +389,14 @@ def _plan(model: nn.Module) -> list[tuple[LayerFn, nn.Module, str]]:
     for name, m in layers:
         if type(m) is nn.Linear and steps and type(steps[-1][1]) is nn.Flatten:
             steps[-1] = (_flatten_linear, m, name + ".")
+        elif (
+            type(m) is nn.MaxPool2d
+            and _pool_after_norm_ok(m)
+            and steps
+            and type(steps[-1][1]) is nn.BatchNorm2d
+        ):
+            _, norm, prefix = steps[-1]
+            steps[-1] = (partial(_batch_norm_max_pool, pool=m), norm, prefix)
         else:
             steps.append((LAYERS[type(m)][0], m, name + "."))
     return steps
