@@ -37,7 +37,7 @@ def unpack_batch(batch, device: torch.device | str) -> tuple[torch.Tensor, torch
     y = torch.as_tensor(y).long()
     # Asynchronous only towards a GPU (its kernels queue behind the copy); a copy from a GPU
     # to the CPU must be complete before the CPU reads it.
-    non_blocking = torch.device(device).type == "cuda"
+    non_blocking = device is not None and torch.device(device).type == "cuda"
     return x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)
 
 

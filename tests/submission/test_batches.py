@@ -56,3 +56,19 @@ def test_mixed_batches_use_each_batch_once_per_epoch(n_retain, n_forget):
     assert all(r is not None or f is not None for r, f in steps)
     assert [int(r[1]) for r, _ in steps if r is not None] == list(range(n_retain))
     assert [int(f[1]) for _, f in steps if f is not None] == [100 + i for i in range(n_forget)]
+
+
+def test_copies_are_asynchronous_only_towards_a_gpu(monkeypatch):
+    """A GPU -> CPU copy made with non_blocking may still be running when the CPU reads it;
+    towards a GPU the kernels that use the batch queue behind the copy (faked moves)."""
+    seen = []
+
+    def fake_to(self, device, non_blocking=False):
+        seen.append((str(device), non_blocking))
+        return self
+
+    monkeypatch.setattr(torch.Tensor, "to", fake_to)
+    batch = (torch.zeros(2, 1, 4, 4), torch.tensor([0, 1]))
+    unpack_batch(batch, "cpu")
+    unpack_batch(batch, torch.device("cuda:0"))
+    assert seen == [("cpu", False), ("cpu", False), ("cuda:0", True), ("cuda:0", True)]
