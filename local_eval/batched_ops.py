@@ -66,7 +66,9 @@ already does that: 2.5 against 2.1 ms), Flatten + Linear as a grouped 4x4 convol
 faster), ``torch.compile`` of the step (inductor, gcc: 34 s to compile, then 24.7 ms a step
 against 20-22 eager) and glibc ``mallopt`` thresholds that keep freed memory (page faults per
 group of 16 down from 180,000 to 2,000: 9% faster at one lane, 2-3% at two, where the cores'
-shared memory traffic is what limits).
+shared memory traffic is what limits; tried again on 2026-11-24 through ``GLIBC_TUNABLES``
+in an hour when a fresh 4 MB tensor took 10-12 ms to fault in: no effect on the ratio
+beyond the run-to-run noise).
 """
 
 from __future__ import annotations
