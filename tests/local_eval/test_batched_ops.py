@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import stack_module_state
 
+from local_eval import batched_ops
 from local_eval.batched_ops import stacked_forward, supports
 from local_eval.models import build_model
 
@@ -138,22 +139,26 @@ def test_eval_mode_uses_and_keeps_the_running_statistics(make, shape):
         assert torch.equal(v, before[k]), k
 
 
-def test_a_batchnorm_then_2x2_max_pool_is_one_step_that_pools_first(monkeypatch):
-    """The digits model's BatchNorm -> (ReLU) -> MaxPool(2) runs as the pool, then the
-    normalisation (see _PoolThenNormalise); the gradients and statistics checks above run
-    through it. Another pool shape keeps the two layers."""
-    from local_eval import batched_ops
-
+@pytest.fixture
+def fused_calls(monkeypatch) -> list:
+    """One entry per call of the pool-then-normalise step."""
     calls = []
     real = batched_ops._PoolThenNormalise.apply
     monkeypatch.setattr(
         batched_ops._PoolThenNormalise, "apply", lambda *a: calls.append(1) or real(*a)
     )
+    return calls
+
+
+def test_a_batchnorm_then_2x2_max_pool_is_one_step_that_pools_first(fused_calls):
+    """The digits model's BatchNorm -> (ReLU) -> MaxPool(2) runs as the pool, then the
+    normalisation (see _PoolThenNormalise); the gradients and statistics checks above run
+    through it. Another pool shape keeps the two layers."""
     models = [_smallcnn(s) for s in (1, 2)]
     x = _batches(2, 32, (1, 8, 8), seed=9)
     y = torch.randint(0, 10, (2, 32), generator=torch.Generator().manual_seed(9))
     _check_against_separate_models(models, x, y)
-    assert calls == [1]
+    assert fused_calls == [1]
     kinds = [step[0] for step in batched_ops._plan(models[0])]
     assert kinds[1].func is batched_ops._batch_norm_max_pool  # the first BatchNorm's step
     assert kinds.count(batched_ops._batch_norm2d) == 1  # the second (no pool after it)
@@ -161,16 +166,9 @@ def test_a_batchnorm_then_2x2_max_pool_is_one_step_that_pools_first(monkeypatch)
     assert sum(step[0] is batched_ops._batch_norm2d for step in batched_ops._plan(_odd_cnn(0)))
 
 
-def test_a_scale_at_or_below_zero_falls_back_to_normalising_first(monkeypatch):
+def test_a_scale_at_or_below_zero_falls_back_to_normalising_first(fused_calls):
     """Where a channel's BatchNorm scale is <= 0 the pool and the normalisation do not
     commute; that step runs the two layers as they are, still matching each model alone."""
-    from local_eval import batched_ops
-
-    calls = []
-    real = batched_ops._PoolThenNormalise.apply
-    monkeypatch.setattr(
-        batched_ops._PoolThenNormalise, "apply", lambda *a: calls.append(1) or real(*a)
-    )
     models = [_smallcnn(s) for s in (3, 4)]
     with torch.no_grad():
         models[1][1].weight[0] = -0.7
@@ -178,7 +176,7 @@ def test_a_scale_at_or_below_zero_falls_back_to_normalising_first(monkeypatch):
     x = _batches(2, 32, (1, 8, 8), seed=10)
     y = torch.randint(0, 10, (2, 32), generator=torch.Generator().manual_seed(10))
     _check_against_separate_models(models, x, y)
-    assert calls == []
+    assert fused_calls == []
 
 
 @pytest.mark.parametrize(
@@ -194,8 +192,6 @@ def test_a_scale_at_or_below_zero_falls_back_to_normalising_first(monkeypatch):
     ],
 )
 def test_only_a_plain_2x2_pool_joins_the_batchnorm_before_it(pool, fused):
-    from local_eval import batched_ops
-
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), pool, nn.Flatten())
     kinds = [step[0] for step in batched_ops._plan(model)]
     assert (getattr(kinds[1], "func", None) is batched_ops._batch_norm_max_pool) is fused
