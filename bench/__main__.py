@@ -42,8 +42,8 @@ def run_metric(size: dict) -> list[tuple[str, str]]:
 
 
 def run_evaluator(size: dict) -> list[tuple[str, str]]:
-    from local_eval.loading import load_unlearning
-    from local_eval.pipeline import EvalConfig
+    from local_eval.runs.loading import load_unlearning
+    from local_eval.runs.pipeline import EvalConfig
 
     config = EvalConfig(dataset="digits", n_models=size["n_models"])
     method = load_unlearning(method=None)

@@ -1,4 +1,5 @@
-"""Benchmark: reference models per minute, batched (``local_eval.batched``) vs one at a time.
+"""Benchmark: reference models per minute, batched (``local_eval.training.batched``) vs one at a
+time.
 
     python -m bench.batched_training [--models 32] [--group 16] [--rounds 4] [--epochs N]
                                      [--threads 2]
@@ -22,7 +23,7 @@ beside it, to show how steady the machine was.
 
 ``--threads T`` is ``torch.set_num_threads(T)`` for both: the plain loop uses T intra-op
 threads, the batched trainer trains up to T groups at once, one thread each (see
-``local_eval.batched._lanes``). The goal is for ``--threads 2`` (the default) on an
+``local_eval.training.batched._lanes``). The goal is for ``--threads 2`` (the default) on an
 otherwise idle 2-core machine: with another job on one of the cores, the plain loop's two
 OpenMP threads wait on each other (measured: 13 models/min instead of ~120) and the ratio
 means nothing.
@@ -37,10 +38,10 @@ import numpy as np
 import torch
 
 from bench.memory import PeakRSS
-from local_eval.batched import DEFAULT_GROUP, train_new_models_batched
-from local_eval.data import load_setup
-from local_eval.signals import accuracy, model_logits
-from local_eval.train import get_recipe, train_new_model
+from local_eval.data.setup import load_setup
+from local_eval.training.batched import DEFAULT_GROUP, train_new_models_batched
+from local_eval.training.signals import accuracy, model_logits
+from local_eval.training.train import get_recipe, train_new_model
 
 GOAL_RATIO = 4.0
 GOAL_THREADS = 2  # "on 2 CPU cores"

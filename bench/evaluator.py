@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 from bench.memory import PeakRSS
-from local_eval.cache import ModelCache
-from local_eval.cli import write_outputs
-from local_eval.loading import load_unlearning
-from local_eval.pipeline import EvalConfig, run_evaluation
+from local_eval.reporting.outputs import write_outputs
+from local_eval.runs.loading import load_unlearning
+from local_eval.runs.pipeline import EvalConfig, run_evaluation
+from local_eval.training.cache import ModelCache
 
 STAGES = ("data", "original", "unlearning", "references", "report")
 GOALS_S = {"cold": 180.0, "warm": 60.0}

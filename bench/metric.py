@@ -17,8 +17,8 @@ import time
 import numpy as np
 
 from bench.memory import PeakRSS
-from local_eval import metric
-from local_eval.metric_naive import per_example_epsilons_naive
+from local_eval.scoring import metric
+from local_eval.scoring.metric_naive import per_example_epsilons_naive
 
 
 def synthetic_confidences(n_models: int, n_examples: int, *, seed: int = 0):

@@ -38,10 +38,10 @@ from dataclasses import dataclass
 import torch
 
 from bench.memory import PeakRSS
-from local_eval.backends import resolve_device
-from local_eval.data import Split, load_setup, make_loader
-from local_eval.models import build_model
-from local_eval.train import get_recipe, train_new_model
+from local_eval.data.setup import Split, load_setup, make_loader
+from local_eval.runs.workers import resolve_device
+from local_eval.training.models import build_model
+from local_eval.training.train import get_recipe, train_new_model
 from submission import DEFAULT_METHOD, get_method
 from submission.devices import synchronize
 

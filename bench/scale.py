@@ -33,19 +33,20 @@ from pathlib import Path
 
 import numpy as np
 
-from local_eval.jobs import Shard, evaluation_jobs
-from local_eval.shards import read_shard, write_shard
+from local_eval.runs.jobs import Shard, evaluation_jobs
+from local_eval.runs.shards import read_shard, write_shard
 
 # A child runs one command line of python -m local_eval in-process and reports its peak RSS.
 CHILD = """
 import json, sys, time
 start = time.perf_counter()
 if sys.argv[2:3] == ["--imports-only"]:
-    import local_eval.shard_cli, local_eval.report, local_eval.plots, sklearn.linear_model
+    import local_eval.cli.shards, local_eval.reporting.report, local_eval.reporting.plots
+    import sklearn.linear_model
     import matplotlib.pyplot
     code = 0
 else:
-    from local_eval.cli import main
+    from local_eval.cli.main import main
     code = main(sys.argv[2:])
 seconds = time.perf_counter() - start
 from bench.memory import high_water_mb

@@ -1,7 +1,7 @@
-"""``python -m local_eval``: see ``local_eval.cli``."""
+"""``python -m local_eval``: see ``local_eval.cli.main``."""
 
 import sys
 
-from .cli import main
+from local_eval.cli.main import main
 
 sys.exit(main())

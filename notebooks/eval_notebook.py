@@ -24,7 +24,7 @@ from notebooks.build import KERNELSPEC, BuildError
 __all__ = ["ENV_VARS", "KNOWN_DATASETS", "build_eval_notebook"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-KNOWN_DATASETS = ("digits", "mnist5k", "kaggle:PATH", "cifar10:PATH")  # as local_eval.data
+KNOWN_DATASETS = ("digits", "mnist5k", "kaggle:PATH", "cifar10:PATH")  # as local_eval.data.setup
 FIGURES = ("epsilons.png", "hardest.png", "accuracies.png")
 
 # Parameter -> environment variable overriding it when the notebook runs.
@@ -87,7 +87,7 @@ def build_eval_notebook(*, dataset: str = "digits", method: str | None = None,
 
 
 def _check_dataset(dataset: str) -> None:
-    """The names ``local_eval.data.load_setup`` accepts (without loading anything)."""
+    """The names ``local_eval.data.setup.load_setup`` accepts (without loading anything)."""
     name, sep, path = str(dataset).partition(":")
     if (name in ("digits", "mnist5k") and not sep) or (name in ("kaggle", "cifar10") and path):
         return
@@ -205,10 +205,10 @@ import warnings
 
 from IPython.display import Image, Markdown, display
 
-from local_eval.cache import ModelCache, default_cache_dir
-from local_eval.cli import default_out_dir, write_outputs
-from local_eval.loading import load_unlearning
-from local_eval.pipeline import EvalConfig, run_evaluation
+from local_eval.training.cache import ModelCache, default_cache_dir
+from local_eval.reporting.outputs import default_out_dir, write_outputs
+from local_eval.runs.loading import load_unlearning
+from local_eval.runs.pipeline import EvalConfig, run_evaluation
 
 config = EvalConfig(dataset=DATASET, n_models=N_MODELS, device=DEVICE, workers=WORKERS)
 method = load_unlearning(method=METHOD)

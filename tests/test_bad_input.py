@@ -35,8 +35,8 @@ from PIL import Image
 
 from data_stubs.__main__ import main as data_stubs_main
 from data_stubs.make import StubConfig, make_stub
-from local_eval.cli import main as local_eval_main
-from local_eval.models import build_model
+from local_eval.cli.main import main as local_eval_main
+from local_eval.training.models import build_model
 from notebooks.__main__ import main as notebooks_main
 from submission.profile import main as profile_main
 from submission.run import main as run_main

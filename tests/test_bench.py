@@ -108,8 +108,8 @@ def test_batched_bench_interleaves_rounds_and_sums_their_seconds(monkeypatch):
     import types
 
     from bench import batched_training
-    from local_eval.models import build_model
-    from local_eval.train import TrainResult
+    from local_eval.training.models import build_model
+    from local_eval.training.train import TrainResult
 
     now = [0.0]
     calls = []

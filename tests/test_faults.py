@@ -26,11 +26,15 @@ import numpy as np
 import pytest
 import torch
 
-from local_eval import cli
-from local_eval.cache import ModelCache
-from local_eval.models import build_model
-from local_eval.signals import ModelRecord
-from submission import run
+import local_eval.cli.main as cli
+from local_eval.cli.options import out_lock
+from local_eval.common.files import sha256_of
+from local_eval.training.cache import ModelCache
+from local_eval.training.models import build_model
+from local_eval.training.signals import ModelRecord
+from submission_tools.run import folder as run
+from submission_tools.run import runner
+from submission_tools.run.cli import main as run_main
 
 KILL_TRIALS = 5
 N = 4
@@ -74,14 +78,14 @@ def assert_intact(out: Path, n: int) -> dict:
     for i, entry in manifest["checkpoints"].items():
         path = out / entry["file"]
         assert entry["file"] == f"unlearned_checkpoint_{i}.pth"
-        assert run.sha256_of(path) == entry["sha256"]
+        assert sha256_of(path) == entry["sha256"]
         digits_model().load_state_dict(torch.load(path, weights_only=True))
     return manifest
 
 
 # ------------------------------------------------------------------------- SIGKILL, resume
 def _fork_job(argv: list[str]) -> int:
-    """Run ``submission.run.main(argv)`` in a forked child (torch already imported here)."""
+    """Run ``submission.run_main(argv)`` in a forked child (torch already imported here)."""
     pid = os.fork()
     if pid == 0:  # the child: never return into pytest
         code = 99
@@ -89,7 +93,7 @@ def _fork_job(argv: list[str]) -> int:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 1)
             os.dup2(devnull, 2)
-            code = run.main(argv)
+            code = run_main(argv)
         finally:
             os._exit(code)
     return pid
@@ -112,7 +116,7 @@ def test_sigkill_at_random_moments_then_resume_leaves_exactly_n_valid(original, 
         before = len(json.loads((out / run.MANIFEST).read_text() or "{}").get("checkpoints", {}))
         killed = os.WIFSIGNALED(status) and before < N  # killed mid-job
 
-        code, err = invoke(run.main, argv)  # resume, in this process
+        code, err = invoke(run_main, argv)  # resume, in this process
         assert code == 0, err
         assert_intact(out, N)
         outcomes.append((killed, before))
@@ -127,7 +131,7 @@ def test_sigkill_at_random_moments_then_resume_leaves_exactly_n_valid(original, 
 def test_corrupt_checkpoints_are_reported_and_redone(original, tmp_path):
     out = tmp_path / "out"
     argv = job(original, out)
-    assert invoke(run.main, argv)[0] == 0
+    assert invoke(run_main, argv)[0] == 0
     first = assert_intact(out, N)
     c0, c1 = out / "unlearned_checkpoint_0.pth", out / "unlearned_checkpoint_1.pth"
     c0.write_bytes(c0.read_bytes()[: c0.stat().st_size // 2])  # truncated
@@ -135,7 +139,7 @@ def test_corrupt_checkpoints_are_reported_and_redone(original, tmp_path):
     data[len(data) // 2] ^= 0xFF  # one flipped byte, same size
     c1.write_bytes(bytes(data))
 
-    code, err = invoke(run.main, argv)
+    code, err = invoke(run_main, argv)
     assert code == 0, err
     assert err.count("does not match its checksum") == 2, err
     assert "resuming: 2 valid checkpoints kept, 2 to do" in err
@@ -267,14 +271,14 @@ def test_runner_refuses_an_unwritable_folder_before_work(original, unwritable, m
     def no_work(args):
         raise AssertionError("work started")
 
-    monkeypatch.setattr(run, "load_inputs", no_work)
-    code, err = invoke(run.main, job(original, out))
+    monkeypatch.setattr(runner, "load_inputs", no_work)
+    code, err = invoke(run_main, job(original, out))
     assert code == 2 and message in err and err.count("\n") == 1
     assert not out.exists()
 
 
 def test_local_eval_refuses_an_unwritable_folder_before_work(unwritable, monkeypatch, tmp_path):
-    import local_eval.pipeline as pipeline
+    import local_eval.runs.pipeline as pipeline
 
     out, message = unwritable
 
@@ -292,11 +296,11 @@ def test_local_eval_refuses_an_unwritable_folder_before_work(unwritable, monkeyp
 def test_runner_refuses_a_folder_another_job_holds(original, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    with run.folder_lock(out):  # another job, mid-way
-        code, err = invoke(run.main, job(original, out))
+    with run.lock_folder(out):  # another job, mid-way
+        code, err = invoke(run_main, job(original, out))
     assert code == 2 and "another job is writing to" in err and f"pid {os.getpid()}" in err
     assert {p.name for p in out.iterdir()} == {run.LOCK}  # nothing written by the second
-    assert invoke(run.main, job(original, out))[0] == 0  # free again once the first is done
+    assert invoke(run_main, job(original, out))[0] == 0  # free again once the first is done
     assert_intact(out, N)
 
 
@@ -306,7 +310,7 @@ def test_runner_lock_is_released_when_its_holder_dies(original, tmp_path):
     pid = os.fork()
     if pid == 0:
         try:
-            with run.folder_lock(out):
+            with run.lock_folder(out):
                 time.sleep(60)
         finally:
             os._exit(0)
@@ -315,20 +319,20 @@ def test_runner_lock_is_released_when_its_holder_dies(original, tmp_path):
     while not (lock.exists() and lock.read_text().strip()):
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    code, err = invoke(run.main, job(original, out))
+    code, err = invoke(run_main, job(original, out))
     assert code == 2 and f"pid {pid}" in err
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
-    assert invoke(run.main, job(original, out))[0] == 0
+    assert invoke(run_main, job(original, out))[0] == 0
 
 
 def test_local_eval_refuses_an_out_folder_another_evaluation_holds(tmp_path, monkeypatch):
-    import local_eval.pipeline as pipeline
+    import local_eval.runs.pipeline as pipeline
 
     out = tmp_path / "out"
     argv = [*QUICK_LE, "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
     monkeypatch.setattr(pipeline, "run_evaluation", lambda *a, **k: pytest.fail("work started"))
-    with cli.out_lock(out):
+    with out_lock(out):
         code, err = invoke(cli.main, argv)
     assert code == 2 and "another evaluation" in err and "is writing to --out" in err
     assert not out.exists()

@@ -26,12 +26,12 @@ import numpy as np
 import pytest
 import torch
 
-from local_eval.cache import ModelCache
-from local_eval.cli import main as local_eval_main
-from local_eval.models import build_model
+from local_eval.cli.main import main as local_eval_main
+from local_eval.training.cache import ModelCache
+from local_eval.training.models import build_model
 from submission.profile import main as profile_main
-from submission.run import CHECKPOINT_RE
 from submission.run import main as run_main
+from submission_tools.run.folder import CHECKPOINT_RE
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("submission", "local_eval", "notebooks", "data_stubs", "bench")
@@ -103,7 +103,8 @@ def test_every_numpy_load_refuses_pickles():
 
 
 def test_local_eval_never_loads_an_original_model_file():
-    """It trains its own original (cached); the stub's original_model.pth is for the runner."""
+    """It trains its own original (cached); the stub's original_model.pth is for the runner.
+    The one weights-only loader is common/files.py's (the runner's), beside the cache's."""
     loaders = set()
     for path in (ROOT / "local_eval").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -114,7 +115,7 @@ def test_local_eval_never_loads_an_original_model_file():
                 and getattr(node.func.value, "id", None) == "torch"
             ):
                 loaders.add(path.name)
-    assert loaders == {"cache.py"}
+    assert loaders == {"cache.py", "files.py"}
 
 
 @pytest.fixture(scope="module")

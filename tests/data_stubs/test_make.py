@@ -169,7 +169,7 @@ def test_cli(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_local_evaluator_reads_the_stub(stub):
-    from local_eval import data
+    from local_eval.data import setup as data
 
     setup = data.load_setup(f"kaggle:{stub}")
     assert (setup.num_classes, setup.in_channels, setup.image_size) == (10, 3, 32)

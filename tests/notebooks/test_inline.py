@@ -52,7 +52,7 @@ def test_standalone_file_imports_package_by_name(fakekit, tmp_path):
 @pytest.mark.parametrize(("source", "message"), [
     ("import pandas\n", "cannot inline `pandas`"),
     ("from sklearn.linear_model import LogisticRegression\n", "cannot inline `sklearn`"),
-    ("from local_eval.data import load_setup\n", "local evaluator is not part of a submission"),
+    ("from local_eval.data import setup\n", "local evaluator is not part of a submission"),
     ("import fakekit.loop\n", "binds the package name"),
     ("from fakekit.nowhere import x\n", "has no source file"),
     ("from fakekit.loop import missing_name\n", "defines no top-level name 'missing_name'"),

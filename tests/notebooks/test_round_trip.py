@@ -11,7 +11,7 @@ import json
 import pytest
 
 from data_stubs import StubConfig, make_stub
-from local_eval.cli import main as evaluate
+from local_eval.cli.main import main as evaluate
 from notebooks.build import build_kaggle_notebook, write_notebook
 
 

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from local_eval.backends import resolve_device
+from local_eval.common.errors import UsageError
+from local_eval.runs.workers import resolve_device
 from submission import devices
-from submission.run import UsageError, parse_device
+from submission_tools.run.inputs import parse_device
 
 
 @pytest.fixture

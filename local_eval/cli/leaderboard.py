@@ -1,0 +1,104 @@
+"""``python -m local_eval leaderboard``: the command line of
+:mod:`local_eval.reporting.leaderboard`."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import submission
+from local_eval.cli.options import build_parser, eval_config, reporting_errors, run_timeout
+from local_eval.common.provenance import versions
+from local_eval.reporting.leaderboard import (
+    choose_methods,
+    evaluate_methods,
+    format_markdown,
+    machine,
+    rank,
+    write_board,
+)
+from local_eval.training.cache import ModelCache, default_cache_dir
+
+__all__ = ["main", "parser"]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = build_parser(
+        "python -m local_eval leaderboard",
+        "Evaluate several methods under one setup and one per-run budget, sharing the "
+        "reference models (trained once, cached), and rank them.",
+        submission=False,
+    )
+    p.add_argument("--methods", default="all", help="all (default) or a comma list of names")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser().parse_args(argv)
+    return reporting_errors(lambda: run(args, argv), debug=args.debug)
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    if args.no_cache:
+        raise ValueError("the leaderboard trains the references once for every method, in the "
+                         "model cache: drop --no-cache")  # fmt: skip
+    names = choose_methods(args.methods)
+    config = eval_config(args)
+    out = args.out or _default_out(args.dataset)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    cache = ModelCache(args.cache_dir or default_cache_dir())
+
+    def log(line: str) -> None:
+        if not args.quiet:
+            print(line, file=sys.stderr, flush=True)
+
+    start = time.perf_counter()
+    rows, shared = evaluate_methods(
+        config,
+        names,
+        cache=cache,
+        default=submission.DEFAULT_METHOD,
+        run_timeout_s=run_timeout(args),
+        progress=not args.quiet,
+        log=log,
+    )
+    setup = shared.get("setup", {})
+    device = setup.get("device", args.device)
+    meta = {
+        "title": _title(args, setup),
+        "command": "python -m local_eval leaderboard " + shlex.join(argv),
+        "machine": machine(device),
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "kit_commit": versions()["kit_commit"],
+        "n_models": config.n_models,
+        "budget_s": config.budget_s,
+        "methods": names,
+        "default_method": submission.DEFAULT_METHOD,
+        "wall_s": time.perf_counter() - start,
+        "cache_dir": str(cache.root),
+        **shared,
+    }
+    ranked = rank(rows)
+    files = write_board(ranked, meta, out)
+    print(format_markdown(ranked, meta), end="")
+    print(f"\nwritten to {out}/: " + ", ".join(p.name for p in files))
+    return 0
+
+
+def _title(args: argparse.Namespace, setup: dict) -> str:
+    forget = setup.get("forget", args.forget or "default forget set")
+    budget = "no budget" if args.budget_s is None else f"{args.budget_s:g} s per run"
+    return f"{args.dataset}, forget {forget}, N = {args.n_models}, {budget}"
+
+
+def _default_out(dataset: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(dataset).name)[:40]
+    return Path("runs") / f"{stamp}-leaderboard-{name}"

@@ -1,0 +1,243 @@
+"""The evaluation options, declared once, and the steps every evaluating command shares.
+
+Each option of :data:`CONFIG_OPTIONS` is a field of :class:`~local_eval.runs.pipeline.EvalConfig`
+(or, for :data:`RECIPE_OPTIONS`, a recipe override) and takes that field's default, so
+``python -m local_eval``, ``leaderboard``, ``prepare`` and ``shard`` accept the same options
+with the same defaults, and :func:`eval_config` turns any of their command lines into the
+config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from local_eval.common.errors import RunTimeout
+from local_eval.common.files import check_out_folder, folder_lock
+from local_eval.runs.backends import BACKENDS
+from local_eval.runs.loading import load_unlearning, with_time_limit
+from local_eval.runs.pipeline import EvalConfig
+from local_eval.training.batched import TRAINERS
+from local_eval.training.cache import CACHE_ENV, default_cache_dir
+
+__all__ = [
+    "CONFIG_OPTIONS",
+    "RECIPE_OPTIONS",
+    "USER_ERRORS",
+    "build_parser",
+    "eval_config",
+    "evaluation_inputs",
+    "out_lock",
+    "reporting_errors",
+    "run_timeout",
+]
+
+USER_ERRORS = (ValueError, OSError, RunTimeout)  # our own checks' messages, missing files, hangs
+
+
+@dataclass(frozen=True)
+class Option:
+    """One command-line option: ``--name`` for the field ``name`` (underscores as dashes)."""
+
+    name: str
+    help: str
+    type: Callable | None = None
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+CONFIG_DEFAULTS = {
+    f.name: f.default
+    for f in dataclasses.fields(EvalConfig)
+    if f.default is not dataclasses.MISSING
+}
+DATA_OPTIONS = (
+    Option("dataset", "digits, mnist5k, kaggle:PATH or cifar10:PATH"),
+    Option(
+        "forget",
+        "random:FRACTION (default random:0.1), class:K, group:COLUMN[:FRACTION], "
+        "given (kaggle: default)",
+    ),
+    Option("arch", "smallcnn or resnet18 (default: by data)"),
+    Option("recipe", "fast_smallcnn, organisers_face or cifar_kit (default: by arch/data)"),
+)
+RECIPE_OPTIONS = (
+    Option("epochs", "override the recipe's epochs", int),
+    Option("lr", "override the recipe's (peak) learning rate", float),
+    Option("batch_size", "override the recipe's batch size", int),
+    Option("weight_decay", "override the recipe's weight decay", float),
+)
+RUN_OPTIONS = (
+    Option("n_models", "models per group", int),
+    Option(
+        "budget_s",
+        "seconds per unlearning run, passed as budget_s to methods that take it "
+        "(default: none, each method's full recipe)",
+        float,
+    ),
+    Option("device", "auto (cuda if available), cpu, cuda, cuda:N"),
+    Option("seed", "split and model seeds", int),
+    Option(
+        "workers",
+        "processes training reference models (default: 1 on GPU; on CPU as many as the "
+        "cores hold at --threads / $OMP_NUM_THREADS / 1 thread each, up to 4)",
+        int,
+    ),
+    Option(
+        "threads",
+        "torch threads per process on CPU (default: $OMP_NUM_THREADS, else cores // workers)",
+        int,
+    ),
+    Option(
+        "trainer",
+        "how reference models are trained: one at a time, or in vectorised groups "
+        "(local_eval.training.batched; recipes without augmentation only)",
+        choices=TRAINERS,
+    ),
+    Option(
+        "backend",
+        "where the models are trained and the submission runs: local (this process and "
+        "--workers processes) or ray (Ray tasks on a cluster or a local instance; "
+        "pip install -r requirements-ray.txt)",
+        choices=tuple(BACKENDS),
+    ),
+    Option(
+        "ray_address",
+        "--backend ray: the cluster to join (e.g. auto, ray://head:10001; default: start a "
+        "local instance)",
+    ),
+    Option(
+        "gpus_per_task",
+        "--backend ray on GPUs: the share of a GPU each job takes (default 1; 0.25 runs four "
+        "small models per GPU)",
+        float,
+    ),
+)
+CONFIG_OPTIONS = DATA_OPTIONS + RUN_OPTIONS
+
+
+def _add(group, option: Option) -> None:
+    default = CONFIG_DEFAULTS.get(option.name)
+    shown = "" if default is None or "default" in option.help else f" (default {default})"
+    group.add_argument(
+        option.flag,
+        dest=option.name,
+        type=option.type,
+        choices=option.choices,
+        default=default,
+        help=option.help + shown,
+    )
+
+
+def build_parser(
+    prog: str, description: str, *, submission: bool = True
+) -> argparse.ArgumentParser:
+    """A parser with every evaluation option; ``submission`` adds the options choosing the
+    submission (a command that evaluates one; ``leaderboard`` chooses methods instead)."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    data = p.add_argument_group("data and models")
+    for option in DATA_OPTIONS + RECIPE_OPTIONS:
+        _add(data, option)
+    if submission:
+        sub = p.add_argument_group("the submission (at most one; default: the kit's unlearning)")
+        sub.add_argument("--method", help="a name from submission.METHODS")
+        sub.add_argument("--submission", type=Path, help="a .py file defining unlearning()")
+        sub.add_argument(
+            "--notebook",
+            type=Path,
+            help="an .ipynb whose code cells define unlearning() (only definitions "
+            "run: see local_eval.runs.loading)",
+        )
+    run = p.add_argument_group("the run")
+    for option in RUN_OPTIONS:
+        _add(run, option)
+    run.add_argument(
+        "--run-timeout-s",
+        type=float,
+        help="interrupt a run still going after this many seconds (a hang) and fail "
+        "(default: 10 x --budget-s + 60, none without a budget)",
+    )
+    run.add_argument("--out", type=Path, help="output folder (default runs/<time>-...)")
+    run.add_argument(
+        "--cache-dir",
+        type=Path,
+        help=f"model cache (default ${CACHE_ENV} or ~/.cache/unlearning-kit)",
+    )
+    run.add_argument("--no-cache", action="store_true", help="train everything, store nothing")
+    run.add_argument("--quiet", action="store_true", help="no progress bars, summary only")
+    run.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    return p
+
+
+def eval_config(args: argparse.Namespace) -> EvalConfig:
+    """The :class:`EvalConfig` a command line built by :func:`build_parser` describes."""
+    overrides = {o.name: getattr(args, o.name) for o in RECIPE_OPTIONS}
+    return EvalConfig(
+        **{o.name: getattr(args, o.name) for o in CONFIG_OPTIONS},
+        recipe_overrides={k: v for k, v in overrides.items() if v is not None},
+    )
+
+
+def reporting_errors(command: Callable[[], int], *, debug: bool) -> int:
+    """``command()``'s exit code; a user's mistake (:data:`USER_ERRORS`) becomes one
+    ``error:`` line and exit 2, anything else one line and exit 1; ``debug`` re-raises."""
+    try:
+        return command()
+    except (Exception, RunTimeout) as exc:
+        if debug:
+            raise
+        if isinstance(exc, USER_ERRORS):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(
+            f"error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def run_timeout(args: argparse.Namespace) -> float | None:
+    """``--run-timeout-s``, else 10 x the budget + 60 s (a hang), else none."""
+    if args.run_timeout_s is not None:
+        if not args.run_timeout_s > 0:
+            raise ValueError(f"--run-timeout-s must be positive, got {args.run_timeout_s}")
+        return args.run_timeout_s
+    return None if args.budget_s is None else 10 * args.budget_s + 60
+
+
+def cache_root(args: argparse.Namespace) -> Path | None:
+    return None if args.no_cache else (args.cache_dir or default_cache_dir())
+
+
+def evaluation_inputs(args: argparse.Namespace):
+    """``(config, method, cache root)`` of a command line that evaluates a submission
+    (evaluate, shard): the method loaded (its notes shown) and given its run time limit."""
+    config = eval_config(args)
+    method = load_unlearning(method=args.method, submission=args.submission, notebook=args.notebook)
+    if not args.quiet:
+        for note in method.notes:
+            print(f"note: {note}", file=sys.stderr)
+    return config, with_time_limit(method, run_timeout(args)), cache_root(args)
+
+
+def out_lock(out: Path):
+    """Checks that ``out`` can be written (before any work), then the exclusive right to
+    write it while the block runs: a ``.NAME.lock`` file beside it, removed at the end."""
+    check_out_folder(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    busy = f"another evaluation (pid {{owner}}) is writing to --out {out}; wait for it or " \
+        "choose another --out"  # fmt: skip
+    return folder_lock(out.parent / f".{out.name}.lock", busy=busy, remove=True)
+
+
+def show_report(files: list[Path], out: Path) -> None:
+    """The summary of a written report, and what was written."""
+    print(Path(files[0]).parent.joinpath("summary.txt").read_text(), end="")
+    print(f"\nwritten to {out}/: " + ", ".join(Path(f).name for f in files))

@@ -1,0 +1,96 @@
+"""File safety, in one place: checksums, atomic writes, locks, weights-only loading."""
+
+import contextlib
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from local_eval.common.errors import UsageError
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def safe_torch_load(path: Path):
+    """``torch.load(path, weights_only=True)`` on the CPU; never runs code from the file.
+
+    Raises ``pickle.UnpicklingError`` for a file holding other Python objects, ``OSError`` and
+    the like for unreadable ones.
+    """
+    with warnings.catch_warnings():  # e.g. "pickle protocol 4": the refusal says enough
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """``write(file)`` into ``path.tmp``, flushed to disk, then moved over ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
+
+
+@contextlib.contextmanager
+def folder_lock(path: Path, *, busy: str, remove: bool = False):
+    """Exclusive right to what ``path`` (a lock file) guards while the block runs; released by
+    the OS if this process dies. ``busy`` is the error when another process holds it
+    (``{owner}`` becomes its pid); ``remove`` deletes the file at the end (a lock beside a
+    folder, rather than in it), which is safe against a holder removing it meanwhile."""
+    import fcntl
+
+    while True:
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            handle.close()
+            raise UsageError(busy.format(owner=owner)) from None
+        try:
+            current = os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        handle.close()  # its holder removed it between our open and our lock: again
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        if remove:
+            path.unlink(missing_ok=True)
+        handle.close()
+
+
+def check_out_folder(out: Path) -> None:
+    """A clear error, before any work, when ``out`` cannot be a folder we write into."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder")
+    ancestor = out
+    while not ancestor.exists():
+        if ancestor.is_symlink():
+            raise UsageError(f"--out {out}: {ancestor} is a broken link")
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"cannot create --out {out}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write to --out {out}: {ancestor} is not writable")

@@ -1,0 +1,1 @@
+"""Datasets and forget sets: the first stage of the pipeline."""

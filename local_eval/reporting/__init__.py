@@ -1,0 +1,1 @@
+"""Report files, plots and the leaderboard of methods."""

@@ -1,0 +1,524 @@
+"""The leaderboard: every chosen method, one setup, one budget, one table
+(``python -m local_eval leaderboard``, in :mod:`local_eval.cli.leaderboard`).
+
+Each method is evaluated by :func:`local_eval.runs.pipeline.run_evaluation` under the same
+:class:`~local_eval.runs.pipeline.EvalConfig` (data, forget set, N, per-run ``budget_s``) and the
+same model cache, so the original, the 2N references (scoring group + ceiling) and the N
+floor models are trained once, by the first method, and read back for every other one.
+
+The result is a ranked table (Markdown and JSON) and a plot of score against seconds per
+run. A method that raises, or returns a model giving NaN logits or a NaN score, is listed as
+failed with its one-line error; the board goes on.
+
+Confidence intervals: the report's 95% bootstrap interval of F over the forget examples
+(the models held fixed), carried to the final score through the utility ratios. With a
+small N they are wide; the ``vs leader`` column says whether the leader's lead over the
+runner-up holds beyond them (non-overlapping intervals) and which other methods' intervals
+overlap the leader's. That test is strict: two methods face the same forget examples, and
+an example that is hard for one is mostly hard for the other, so separate intervals
+overstate how uncertain their difference is. The ``leader ahead by`` column gives the
+paired interval too: the leader's score minus the row's, with the forget examples
+resampled jointly (:func:`local_eval.reporting.report.paired_bootstrap`). Both are printed; the
+verdict says which of them the lead clears.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from local_eval.common.errors import RunTimeout
+from local_eval.reporting.report import build_report, jsonable
+from local_eval.runs.loading import load_unlearning, with_time_limit
+from local_eval.runs.pipeline import SubmissionError, run_evaluation
+
+__all__ = [
+    "Row",
+    "choose_methods",
+    "evaluate_methods",
+    "format_markdown",
+    "lead_holds",
+    "lead_holds_paired",
+    "leader_ahead",
+    "machine",
+    "rank",
+    "versus_leader",
+    "write_board",
+]
+
+FILES = ("leaderboard.md", "leaderboard.json", "leaderboard.png")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One method's line of the board; the numbers are ``None`` when it failed."""
+
+    method: str
+    score: float | None = None
+    score_ci95: tuple[float, float] | None = None
+    forget_quality: float | None = None
+    fraction_of_ceiling: float | None = None
+    retain_ratio: float | None = None
+    test_ratio: float | None = None
+    seconds_per_run: float | None = None
+    ratio_to_retraining: float | None = None
+    runs_over_budget: int | None = None
+    default: bool = False  # submission.DEFAULT_METHOD, what submission.unlearning runs
+    error: str | None = None  # one line; set when the method failed
+    notes: tuple[str, ...] = ()  # the method's warnings (what it skipped to fit the budget)
+    # Each forget example's share of the score (its F points times the utility ratios; their
+    # mean is ``score``), for the paired intervals; not written to the JSON.
+    example_scores: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+
+# --------------------------------------------------------------------------------------
+# Ranking (pure)
+# --------------------------------------------------------------------------------------
+def rank(rows: Sequence[Row]) -> list[Row]:
+    """Scored rows by score (highest first; ties by F, then name), failed rows last by name."""
+    scored = [r for r in rows if not r.failed]
+    failed = [r for r in rows if r.failed]
+    scored.sort(key=lambda r: (-r.score, -(r.forget_quality or 0.0), r.method))
+    return scored + sorted(failed, key=lambda r: r.method)
+
+
+def versus_leader(ranked: Sequence[Row]) -> list[str]:
+    """The ``vs leader`` column of ranked rows (see :func:`rank`).
+
+    The leader: "lead holds" when its score interval lies entirely above the runner-up's,
+    else "within CIs"; every other scored row: "overlaps leader" or "below leader"; failed
+    rows and a lone scored row: "".
+    """
+    scored = [r for r in ranked if not r.failed]
+    if len(scored) < 2:
+        return [""] * len(ranked)
+    leader_low = scored[0].score_ci95[0]
+    column = []
+    for i, row in enumerate(ranked):
+        if row.failed:
+            column.append("")
+        elif i == 0:
+            column.append("lead holds" if lead_holds(ranked) else "within CIs")
+        else:
+            column.append("overlaps leader" if row.score_ci95[1] >= leader_low else "below leader")
+    return column
+
+
+def leader_ahead(ranked: Sequence[Row], *, seed: int = 0) -> list[tuple[float, float] | None]:
+    """Per ranked row, the paired 95% interval of (leader's score - row's score).
+
+    ``None`` for the leader, failed rows, and rows (or a leader) without ``example_scores``.
+    """
+    scored = [r for r in ranked if not r.failed]
+    leader = scored[0] if scored else None
+    if leader is None or leader.example_scores is None:
+        return [None] * len(ranked)
+    from local_eval.reporting.report import paired_bootstrap
+
+    return [
+        None
+        if row is leader or row.failed or row.example_scores is None
+        else paired_bootstrap(leader.example_scores, row.example_scores, seed=seed)
+        for row in ranked
+    ]
+
+
+def lead_holds_paired(ranked: Sequence[Row]) -> bool | None:
+    """Whether the paired interval of the leader's lead over the runner-up lies above 0
+    (``None``: fewer than two scored rows, or no per-example scores)."""
+    scored = [r for r in ranked if not r.failed]
+    if len(scored) < 2:
+        return None
+    interval = leader_ahead(scored[:2])[1]
+    return None if interval is None else bool(interval[0] > 0.0)
+
+
+def lead_holds(ranked: Sequence[Row]) -> bool | None:
+    """Whether the leader's score interval lies above the runner-up's (``None``: < 2 scored)."""
+    scored = [r for r in ranked if not r.failed]
+    if len(scored) < 2:
+        return None
+    return bool(scored[0].score_ci95[0] > scored[1].score_ci95[1])
+
+
+def row_from_report(
+    method: str, report: dict, *, default: bool = False, points: np.ndarray | None = None
+) -> Row:
+    """A board row from a ``local_eval.reporting.report.build_report`` dict; a NaN score -> failed.
+
+    ``points``: the report's per-example F points (``ExampleDetails.points``), kept as the
+    row's ``example_scores`` for the paired intervals.
+    """
+    from local_eval.scoring.metric import final_score
+
+    score = report["score"]
+    if not math.isfinite(score):
+        return Row(method, default=default, error="the score is NaN")
+    acc = report["accuracy"]
+
+    def score_at(quality: float) -> float:  # the utility ratios held fixed, as in the report
+        return final_score(
+            quality,
+            retain_acc_unlearned=acc["unlearned"]["retain"]["mean"],
+            retain_acc_retrained=acc["retrained"]["retain"]["mean"],
+            test_acc_unlearned=acc["unlearned"]["test"]["mean"],
+            test_acc_retrained=acc["retrained"]["test"]["mean"],
+        )
+
+    low, high = report["forget_quality_ci95"]
+    t = report["time"]
+    return Row(
+        method,
+        score=score,
+        score_ci95=(score_at(low), score_at(high)),
+        forget_quality=report["forget_quality"],
+        fraction_of_ceiling=report["fraction_of_ceiling"],
+        retain_ratio=report["utility"]["retain_ratio"],
+        test_ratio=report["utility"]["test_ratio"],
+        seconds_per_run=t["unlearning_s_mean"],
+        ratio_to_retraining=t["ratio_to_retraining"],
+        runs_over_budget=report.get("method", {}).get("runs_over_budget"),
+        default=default,
+        # The score is linear in F (F times the utility ratios), so each example's share is
+        # its points times the score of F = 1.
+        example_scores=None if points is None else np.asarray(points) * score_at(1.0),
+    )
+
+
+def one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+# --------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------
+def format_markdown(ranked: Sequence[Row], meta: dict) -> str:
+    """The board as Markdown: how it was made, the table, the shared reference figures."""
+    setup = meta.get("setup", {})
+    budget = meta.get("budget_s")
+    lines = [
+        f"## {meta.get('title', 'Leaderboard')}",
+        "",
+        f"- command: `{meta.get('command', '?')}`",
+        f"- machine: {meta.get('machine', '?')}",
+        f"- N = {meta.get('n_models')} models per group; budget "
+        + ("none (each method's full recipe)" if budget is None else f"{budget:g} s per run")
+        + f"; {meta.get('date', '?')}; kit commit {meta.get('kit_commit') or '?'}",
+    ]
+    if setup:
+        lines.append(
+            f"- data: {setup.get('dataset')}, forget {setup.get('forget')} "
+            f"({setup.get('forget_examples')} examples), {setup.get('arch')} / "
+            f"{setup.get('recipe')}, seed {setup.get('seed')}"
+        )
+    refs = meta.get("references")
+    if refs:
+        lines.append(
+            f"- shared by every method: one retraining {refs['retraining_s']:.2f} s; ceiling "
+            f"(a 2nd retrained set) F {refs['ceiling_f']:.3f}, score {refs['ceiling_score']:.3f}; "
+            f"floor (no unlearning) F {refs['floor_f']:.3f}, score {refs['floor_score']:.3f}"
+        )
+    lines += ["", *_table(ranked), "", _verdict(ranked)]
+    default = next((r for r in ranked if r.default), None)
+    if default is not None:
+        lines.append(_default_line(ranked, default))
+    notes = [(r.method, n) for r in ranked for n in r.notes]
+    if notes:
+        lines += ["", "What the methods said (their warnings, once per distinct message):", ""]
+        lines += [f"- `{m}`: {_escape(n)}" for m, n in notes]
+    if meta.get("plot"):
+        lines += ["", f"![score against seconds per run]({meta['plot']})"]
+    return "\n".join(lines) + "\n"
+
+
+def _table(ranked: Sequence[Row]) -> list[str]:
+    head = (
+        "| # | method | score [95% CI] | F | F / ceiling | retain ratio | test ratio "
+        "| s / run | x retraining | vs leader | leader ahead by [paired 95% CI] |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    column = versus_leader(ranked)
+    place = 0
+    for row, versus, ahead in zip(ranked, column, leader_ahead(ranked), strict=True):
+        name = f"`{row.method}`" + (" (default)" if row.default else "")
+        if row.failed:
+            lines.append(
+                f"| - | {name} | **failed**: {_escape(row.error)} |  |  |  |  |  |  |  |  |"
+            )
+            continue
+        place += 1
+        low, high = row.score_ci95
+        over = f" ({row.runs_over_budget} over budget)" if row.runs_over_budget else ""
+        lines.append(
+            f"| {place} | {name} | {row.score:.3f} [{low:.3f}, {high:.3f}] "
+            f"| {row.forget_quality:.3f} | {_pct(row.fraction_of_ceiling)} "
+            f"| {row.retain_ratio:.3f} | {row.test_ratio:.3f} "
+            f"| {row.seconds_per_run:.2f}{over} | {_two(row.ratio_to_retraining)} | {versus} "
+            f"| {_ahead(ranked[0].score - row.score, ahead) if place > 1 else ''} |"
+        )
+    return lines
+
+
+def _two(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def _ahead(gap: float, interval: tuple[float, float] | None) -> str:
+    if interval is None:
+        return f"{gap:+.3f} [n/a]"
+    return f"{gap:+.3f} [{interval[0]:+.3f}, {interval[1]:+.3f}]"
+
+
+def _verdict(ranked: Sequence[Row]) -> str:
+    holds = lead_holds(ranked)
+    failed = sum(r.failed for r in ranked)
+    tail = f" {failed} method(s) failed." if failed else ""
+    if holds is None:
+        return "Fewer than two methods scored: no ranking to judge." + tail
+    first, second = [r for r in ranked if not r.failed][:2]
+    overlapping = sum(v == "overlaps leader" for v in versus_leader(ranked))
+    paired = lead_holds_paired(ranked)
+    paired_text = {
+        True: " Paired over the same forget examples, the lead's 95% interval lies above 0.",
+        False: " Paired over the same forget examples, the lead's 95% interval includes 0: "
+        "the two are not told apart on these examples.",
+        None: "",
+    }[paired]
+    if holds:
+        return (
+            f"`{first.method}` leads `{second.method}` beyond the 95% CIs "
+            f"(non-overlapping intervals).{paired_text}{tail}"
+        )
+    return (
+        f"`{first.method}` ranks first, but its lead over `{second.method}` does not hold beyond "
+        f"the separate 95% CIs: {overlapping} method(s) overlap the leader's interval."
+        f"{paired_text}{tail}"
+    )
+
+
+def _default_line(ranked: Sequence[Row], default: Row) -> str:
+    if default.failed:
+        return f"The kit's default method `{default.method}` failed here."
+    place = [r.method for r in ranked if not r.failed].index(default.method) + 1
+    return f"The kit's default method `{default.method}` ranks {place}."
+
+
+def _escape(text: str | None) -> str:
+    return (text or "").replace("|", "\\|")
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.0f}%"
+
+
+def to_json(ranked: Sequence[Row], meta: dict) -> dict:
+    column = versus_leader(ranked)
+    ahead = leader_ahead(ranked)
+    rows = []
+    for i, (r, v, a) in enumerate(zip(ranked, column, ahead, strict=True)):
+        fields = {k: val for k, val in asdict(r).items() if k != "example_scores"}
+        rows.append(
+            {
+                "rank": None if r.failed else i + 1,
+                **fields,
+                "vs_leader": v or None,
+                "leader_ahead_ci95": a,
+            }
+        )
+    return {
+        **meta,
+        "lead_holds_beyond_ci": lead_holds(ranked),
+        "lead_holds_paired": lead_holds_paired(ranked),
+        "rows": rows,
+    }
+
+
+def plot(ranked: Sequence[Row], meta: dict, path: Path) -> None:
+    """Score (with its 95% CI) against seconds per run, one labelled point per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scored = [r for r in ranked if not r.failed]
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for r in scored:
+        colour = "tab:red" if r.default else "tab:blue"
+        low, high = r.score_ci95
+        ax.errorbar(
+            r.seconds_per_run,
+            r.score,
+            yerr=[[r.score - low], [high - r.score]],
+            fmt="o",
+            color=colour,
+            capsize=3,
+        )
+        label = r.method + (" (default)" if r.default else "")
+        ax.annotate(
+            label,
+            (r.seconds_per_run, r.score),
+            xytext=(4, 3),
+            textcoords="offset points",
+            fontsize=7,
+        )
+    refs = meta.get("references")
+    if refs:
+        ax.axhline(refs["ceiling_score"], color="tab:green", ls="--", lw=1, label="ceiling")
+        ax.axhline(refs["floor_score"], color="tab:grey", ls="--", lw=1, label="floor")
+        ax.axvline(
+            0.2 * refs["retraining_s"],
+            color="tab:orange",
+            ls=":",
+            lw=1,
+            label="20% of one retraining",
+        )
+    if meta.get("budget_s") is not None:
+        ax.axvline(meta["budget_s"], color="black", ls=":", lw=1, label="budget")
+    failed = [r.method for r in ranked if r.failed]
+    title = meta.get("title", "Leaderboard")
+    if failed:
+        title += f"\nfailed (not shown): {', '.join(failed)}"
+    ax.set(xlabel="seconds per unlearning run (mean)", ylabel="final score", title=title)
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_board(ranked: Sequence[Row], meta: dict, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / name for name in FILES]
+    paths[0].write_text(format_markdown(ranked, {**meta, "plot": FILES[2]}))
+    paths[1].write_text(json.dumps(jsonable(to_json(ranked, meta)), indent=2) + "\n")
+    plot(ranked, meta, paths[2])
+    return paths
+
+
+# --------------------------------------------------------------------------------------
+# Running it
+# --------------------------------------------------------------------------------------
+def evaluate_methods(
+    config,
+    names: Sequence[str],
+    *,
+    cache,
+    default: str | None = None,
+    run_timeout_s: float | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda line: None,
+) -> tuple[list[Row], dict]:
+    """One ``run_evaluation`` per method; returns the rows and the shared reference figures.
+
+    A method's failure (``SubmissionError``, a run still going after ``run_timeout_s``, a
+    report that cannot be built, a NaN score) becomes a failed row. Any other error (bad
+    data, bad device) ends the board.
+    """
+    rows, shared = [], {}
+    for i, name in enumerate(names, start=1):
+        start = time.perf_counter()
+        method = with_time_limit(load_unlearning(method=name), run_timeout_s)
+        failed = partial(Row, name, default=name == default)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                result = run_evaluation(config, method, cache=cache, progress=progress)
+            except (SubmissionError, RunTimeout) as exc:
+                rows.append(failed(error=one_line(exc)))
+            else:
+                try:
+                    report, details = build_report(result.signals, context=_report_context(result))
+                    row = row_from_report(
+                        name, report, default=name == default, points=details.points
+                    )
+                except Exception as exc:
+                    row = failed(error=f"report: {one_line(exc)}")
+                else:
+                    shared = shared or _shared(result, report)
+                rows.append(row)
+        notes = tuple(dict.fromkeys(one_line(w.message) for w in caught if _from_method(w)))
+        rows[-1] = replace(rows[-1], notes=notes)
+        row = rows[-1]
+        what = f"failed: {row.error}" if row.failed else f"score {row.score:.3f}"
+        log(f"[{i}/{len(names)}] {name}: {what} ({time.perf_counter() - start:.1f} s)")
+    return rows, shared
+
+
+def _from_method(warning: warnings.WarningMessage) -> bool:
+    """A warning a method raised (not one of a library's deprecation notices)."""
+    return not issubclass(warning.category, (DeprecationWarning, FutureWarning))
+
+
+def _report_context(result) -> dict:
+    budget = result.config.budget_s
+    over = None if budget is None else int((result.signals.unlearned.seconds > budget).sum())
+    return {"method": {"budget_s": budget, "runs_over_budget": over}}
+
+
+def _shared(result, report: dict) -> dict:
+    """What every method of the board shares: the setup and the reference figures."""
+    setup = result.data
+    return {
+        "setup": {
+            "dataset": setup["dataset"],
+            "forget": setup["forget"],
+            "forget_examples": setup["sizes"]["forget"],
+            "sizes": setup["sizes"],
+            "seed": setup["seed"],
+            "arch": result.arch,
+            "recipe": result.recipe.name,
+            "device": result.device,
+        },
+        "references": {
+            "retraining_s": report["time"]["retraining_s_mean"],
+            "ceiling_f": report["ceiling"]["forget_quality"],
+            "ceiling_score": report["ceiling"]["score"],
+            "floor_f": report["floor"]["forget_quality"],
+            "floor_score": report["floor"]["score"],
+        },
+    }
+
+
+def machine(device: str) -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (
+        f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, device {device}, "
+        f"{platform.system()} {platform.release()}, python {platform.python_version()}"
+    )
+
+
+def choose_methods(spec: str) -> list[str]:
+    """``all`` -> every registered method (registry order); else a comma list, checked."""
+    from submission import METHODS, get_method
+
+    if spec.strip() == "all":
+        return list(METHODS)
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if not names:
+        raise ValueError("--methods is empty; give 'all' or a comma-separated list of names")
+    for name in names:
+        get_method(name)  # UnknownMethodError (a ValueError) lists the known names
+    return list(dict.fromkeys(names))

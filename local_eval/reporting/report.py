@@ -1,0 +1,358 @@
+"""The report: the competition score and what it needs beside it to mean something.
+
+:func:`build_report` turns :class:`~local_eval.training.signals.EvalSignals` into plain numbers:
+
+- the final score ``F * (RA_U / RA_R) * (TA_U / TA_R)`` and F
+  (``local_eval.scoring.metric``), with a
+  95% bootstrap interval for F over the forget examples (it shows how much F moves with the
+  choice of examples; the models are held fixed);
+- the **ceiling**: F of a second, independent set of N retrained models against the first.
+  Even a perfect unlearner does not reach F = 1 (see ``shared/spec/metric.md``), so F is also
+  given as a fraction of this ceiling;
+- the **floor**: F of N models trained like the original (retain + forget, other seeds)
+  against the references: what models that never unlearned score when they differ by seed
+  as much as the references do. (Doing nothing at all, the one original submitted N times,
+  scores exactly 0: every example's unlearned column is constant, which the score caps.)
+  A method below the floor leaves the forget set more visible than no unlearning would;
+- accuracies (retain / test / forget, mean and std) of every group, the utility ratios,
+  seconds per unlearning run and their ratio to one retraining;
+- the starting kit's loss-attack sanity check (``local_eval.scoring.sanity``), labelled as such.
+
+:func:`write_report` writes ``report.json``, ``per_example.csv`` (from
+``metric.example_details``), ``signals.npz`` (everything needed to re-score without
+retraining), ``unlearned.npz`` / ``retrained.npz`` (inputs of ``python -m local_eval score``),
+``summary.txt`` and the plots.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from local_eval.scoring import metric
+from local_eval.scoring.sanity import loss_attack_accuracy
+from local_eval.training.signals import GROUPS, EvalSignals, GroupSignals, example_losses
+
+__all__ = ["build_report", "format_summary", "write_report"]
+
+N_BOOTSTRAP = 2000
+HARDEST_SHOWN = 6  # examples in the confidence plot
+SLOW_RUN_RATIO = 0.2  # the organisers' cut-off: unlearning slower than 20% of a retraining
+
+GROUP_LABELS = {
+    "unlearned": "unlearned (the submission)",
+    "retrained": "retrained (references)",
+    "ceiling": "ceiling: 2nd retrained set",
+    "floor": "floor: seeded originals, as-is",
+}
+
+
+def confidences(signals: EvalSignals) -> dict[str, np.ndarray]:
+    """Logit-scaled confidences ``(N, E)`` of every group."""
+    return {
+        g: metric.logit_scaled_confidence(getattr(signals, g).forget_logits, signals.targets)
+        for g in GROUPS
+    }
+
+
+def build_report(
+    signals: EvalSignals, *, context: dict | None = None, seed: int = 0
+) -> tuple[dict, metric.ExampleDetails]:
+    """All figures of the report (a JSON-able dict) and the per-example details."""
+    conf = confidences(signals)
+    details = metric.example_details(conf["unlearned"], conf["retrained"])
+    quality = float(np.mean(details.points))  # = metric.forget_quality(U, R), one pass fewer
+    bounds = {g: metric.forget_quality(conf[g], conf["retrained"]) for g in ("ceiling", "floor")}
+    n_models, n_examples = conf["unlearned"].shape
+    ref = signals.retrained
+    scores = {
+        g: _score(f, getattr(signals, g), ref) for g, f in (("unlearned", quality), *bounds.items())
+    }
+    low, high = _bootstrap(details.points, seed)
+    run_s = signals.unlearned.seconds
+    retrain_s = float(np.mean(signals.retrained.seconds))
+    report = {
+        "score": scores["unlearned"],
+        "forget_quality": quality,
+        "forget_quality_ci95": [low, high],
+        "ceiling": {"forget_quality": bounds["ceiling"], "score": scores["ceiling"]},
+        "floor": {"forget_quality": bounds["floor"], "score": scores["floor"]},
+        "fraction_of_ceiling": _ratio(quality, bounds["ceiling"]),
+        "utility": {
+            "retain_ratio": _ratio(
+                _mean(signals.unlearned.retain_accuracy), _mean(ref.retain_accuracy)
+            ),
+            "test_ratio": _ratio(_mean(signals.unlearned.test_accuracy), _mean(ref.test_accuracy)),
+        },
+        "accuracy": {g: _accuracies(getattr(signals, g)) for g in GROUPS},
+        "time": _time_figures(run_s, retrain_s, amortised=_batched_references(context)),
+        "epsilon": {
+            "mean": float(np.mean(details.epsilon)),
+            "median": float(np.median(details.epsilon)),
+            "capped": int(np.sum(details.epsilon >= metric.EPSILON_CAP)),
+            "beyond_last_bucket": int(np.sum(details.bucket < 0)),
+            "last_bucket_end": metric.max_epsilon(n_models),
+        },
+        "sanity_check": _sanity(signals),
+        "n_models": n_models,
+        "n_forget_examples": n_examples,
+        **(context or {}),
+    }
+    return report, details
+
+
+def _batched_references(context: dict | None) -> bool:
+    return ((context or {}).get("config") or {}).get("trainer") == "batched"
+
+
+def _time_figures(run_s: np.ndarray, retrain_s: float, *, amortised: bool) -> dict:
+    """Seconds per unlearning run against one retraining, and the organisers' 20% cut-off.
+
+    ``amortised``: the references were trained in batched groups (``--trainer batched``),
+    whose seconds are the group's wall time / K, several times below what one model takes
+    alone. A ratio to that would call a method slow that is not, so it is not computed.
+    """
+    figures = {
+        "unlearning_s_mean": float(np.mean(run_s)),
+        "unlearning_s_max": float(np.max(run_s)),
+        "retraining_s_mean": retrain_s,
+        "retraining_s_kind": "amortised over batched groups" if amortised else "one model",
+    }
+    if amortised:
+        return {
+            **figures,
+            "ratio_to_retraining": None,
+            "slow_runs": None,
+            "slow_run_threshold_s": None,
+        }
+    return {
+        **figures,
+        "ratio_to_retraining": _ratio(float(np.mean(run_s)), retrain_s),
+        "slow_runs": int(np.sum(run_s > SLOW_RUN_RATIO * retrain_s)),
+        "slow_run_threshold_s": SLOW_RUN_RATIO * retrain_s,
+    }
+
+
+def _time_line(t: dict) -> str:
+    head = (
+        f"time: {t['unlearning_s_mean']:.2f} s per unlearning run (max {t['unlearning_s_max']:.2f})"
+    )
+    if t["ratio_to_retraining"] is None:
+        return (
+            f"{head}; the references were trained in batched groups, whose "
+            f"{t['retraining_s_mean']:.2f} s per model are amortised, not one retraining's "
+            "seconds: no ratio to retraining or 20% cut-off check (use --trainer sequential)"
+        )
+    return (
+        f"{head} = {t['ratio_to_retraining']:.2f} x one retraining "
+        f"({t['retraining_s_mean']:.2f} s); {t['slow_runs']} run(s) over the organisers' 20% "
+        "cut-off"
+    )
+
+
+def _mean(x: np.ndarray) -> float:
+    return float(np.mean(x))
+
+
+def _ratio(a: float, b: float) -> float:
+    return float(a / b) if b else float("nan")
+
+
+def _score(quality: float, group: GroupSignals, ref: GroupSignals) -> float:
+    return metric.final_score(
+        quality,
+        retain_acc_unlearned=_mean(group.retain_accuracy),
+        retain_acc_retrained=_mean(ref.retain_accuracy),
+        test_acc_unlearned=_mean(group.test_accuracy),
+        test_acc_retrained=_mean(ref.test_accuracy),
+    )
+
+
+def _accuracies(group: GroupSignals) -> dict:
+    return {
+        split: {"mean": _mean(values), "std": float(np.std(values))}
+        for split, values in (
+            ("retain", group.retain_accuracy),
+            ("test", group.test_accuracy),
+            ("forget", group.forget_accuracy),
+        )
+    }
+
+
+def _bootstrap(points: np.ndarray, seed: int) -> tuple[float, float]:
+    """95% percentile interval of F when the forget examples are resampled."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(points), size=(N_BOOTSTRAP, len(points)))
+    means = points[draws].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, *, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of ``mean(a) - mean(b)`` when the examples are resampled jointly.
+
+    ``a`` and ``b`` hold two methods' per-example values on the same forget examples (same
+    order). Resampling the pairs, not each array alone, keeps what the examples share (an easy
+    example is easy for both): the interval of the difference is then much narrower than two
+    separate intervals suggest, and it is the right one for "is A ahead of B on these examples".
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(
+            f"paired_bootstrap needs two equal-length 1-D arrays of per-example values (the same "
+            f"forget examples); got shapes {a.shape} and {b.shape}"
+        )
+    return _bootstrap(a - b, seed)
+
+
+def _sanity(signals: EvalSignals) -> dict:
+    def group_mean(group: GroupSignals) -> float:
+        values = [
+            loss_attack_accuracy(example_losses(z, signals.targets), test_losses)
+            for z, test_losses in zip(group.forget_logits, group.test_losses, strict=True)
+        ]
+        return float(np.mean(values))
+
+    return {
+        "what": (
+            "NOT the competition metric: the starting kit's logistic regression on "
+            "per-example losses, forget vs test, 10-fold CV accuracy, mean over the models "
+            "of a group; 0.5 = forget set looks unseen"
+        ),
+        **{g: group_mean(getattr(signals, g)) for g in ("unlearned", "retrained", "floor")},
+    }
+
+
+# --------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------
+def write_report(
+    report: dict,
+    details: metric.ExampleDetails,
+    signals: EvalSignals,
+    out_dir: Path,
+    *,
+    plots: bool = True,
+) -> list[Path]:
+    """Write every output file into ``out_dir`` (which must exist); returns their paths."""
+    from local_eval.reporting.plots import plot_accuracies, plot_epsilons, plot_hardest
+
+    out_dir = Path(out_dir)
+    written = []
+
+    def path(name: str) -> Path:
+        written.append(out_dir / name)
+        return written[-1]
+
+    path("report.json").write_text(json.dumps(jsonable(report), indent=2) + "\n")
+    path("per_example.csv").write_text(per_example_csv(details, signals))
+    signals.save(path("signals.npz"))
+    conf = confidences(signals)
+    for group in ("unlearned", "retrained"):
+        np.savez_compressed(
+            path(f"{group}.npz"),
+            confidences=conf[group],
+            logits=getattr(signals, group).forget_logits,
+            targets=signals.targets,
+        )
+    path("summary.txt").write_text(format_summary(report) + "\n")
+    if plots:
+        plot_epsilons(details, report, path("epsilons.png"))
+        plot_hardest(details, conf, path("hardest.png"), count=HARDEST_SHOWN)
+        plot_accuracies(signals, path("accuracies.png"))
+    return written
+
+
+def per_example_csv(details: metric.ExampleDetails, signals: EvalSignals) -> str:
+    columns = details.as_columns()
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["index", "example_id", "label", *columns])
+    for i in range(len(signals.targets)):
+        row = [i, signals.example_ids[i], int(signals.targets[i])]
+        row += [_cell(columns[name][i]) for name in columns]
+        writer.writerow(row)
+    return buffer.getvalue()
+
+
+def _cell(value) -> str | int | float:
+    if isinstance(value, (np.integer, int)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        return "" if math.isnan(value) else repr(float(value))
+    return str(value)
+
+
+def jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN
+    return value
+
+
+def format_summary(report: dict) -> str:
+    """The screen summary of a report."""
+    acc = report["accuracy"]
+    t = report["time"]
+    sanity = report["sanity_check"]
+    lo, hi = report["forget_quality_ci95"]
+    head = report.get("title", "Local evaluation")
+    lines = [
+        head,
+        "",
+        f"{'':32}{'score':>7}{'F':>7}   {'retain acc':>13}{'test acc':>15}{'forget acc':>15}",
+    ]
+    rows = {
+        "unlearned": (report["score"], report["forget_quality"]),
+        "retrained": (None, None),
+        "ceiling": (report["ceiling"]["score"], report["ceiling"]["forget_quality"]),
+        "floor": (report["floor"]["score"], report["floor"]["forget_quality"]),
+    }
+    for group, (score, quality) in rows.items():
+        cells = "".join(
+            f"{acc[group][s]['mean']:>8.3f}±{acc[group][s]['std']:.3f}"
+            for s in ("retain", "test", "forget")
+        )
+        lines.append(f"{GROUP_LABELS[group]:32}{_num(score):>7}{_num(quality):>7}   {cells}")
+    lines += [
+        "",
+        f"score {report['score']:.4f}   F {report['forget_quality']:.4f} "
+        f"(95% CI {lo:.3f}-{hi:.3f} over forget examples) = "
+        f"{_pct(report['fraction_of_ceiling'])} of the ceiling "
+        f"{report['ceiling']['forget_quality']:.4f}; floor {report['floor']['forget_quality']:.4f} "
+        "(N originals of other seeds; the one original submitted N times scores 0)",
+        f"utility ratios: retain {report['utility']['retain_ratio']:.3f}, "
+        f"test {report['utility']['test_ratio']:.3f}",
+        _time_line(t),
+        *_budget_line(report.get("method", {})),
+        f"sanity check, NOT the competition metric (loss attack, forget vs test, 0.5 = unseen): "
+        f"unlearned {sanity['unlearned']:.3f}, retrained {sanity['retrained']:.3f}, "
+        f"original {sanity['floor']:.3f}",
+    ]
+    return "\n".join(lines)
+
+
+def _budget_line(method: dict) -> list[str]:
+    if method.get("budget_s") is None:
+        return []
+    return [
+        f"budget: {method['budget_s']:g} s per run; {method['runs_over_budget']} run(s) over it"
+    ]
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.0f}%"

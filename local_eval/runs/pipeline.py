@@ -1,0 +1,640 @@
+"""The evaluation, top to bottom: data -> original -> unlearning runs -> references -> signals.
+
+:func:`run_evaluation` does what the competition's scorer does, at home:
+
+1. cut the data (``local_eval.data.setup``) and pick the architecture and recipe;
+2. train the original model on retain + forget (cached with its weights);
+3. run the submission's ``unlearning`` N times, each on a fresh copy of the original, seeded
+   with ``submission.seeding.seed_everything``, on fresh shuffling loaders of dict batches;
+4. train 2N reference models on the retain set only (the first N are the scoring group, the
+   other N a second independent draw for the report's ceiling) and N more models trained
+   like the original (the report's floor); all cached (``local_eval.training.cache``);
+5. return every model's signals (:class:`~local_eval.training.signals.EvalSignals`).
+
+Steps 3 and 4 are the 4N jobs of ``local_eval.runs.jobs``. :func:`run_shard` computes the jobs of
+one shard of them (:class:`ShardResult`), :func:`combine` assembles shards into an
+:class:`EvalResult`; an unsharded evaluation is the one shard ``0/1``, so a sharded one
+merged (``local_eval.runs.shards``) is the same computation. Where the jobs run (this process,
+worker processes, a Ray cluster) is the backend's business (``local_eval.runs.backends``).
+
+Scoring and reporting are ``local_eval.reporting.report``'s job. The unlearning runs come before the
+references so that a broken submission fails in seconds, not after the long training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from local_eval.data.setup import DataSetup, load_setup, make_loader
+from local_eval.runs.backends import BACKENDS, open_backend
+from local_eval.runs.jobs import ROLES, WHOLE, Job, Shard, assemble, evaluation_jobs, model_seed
+from local_eval.runs.loading import LoadedMethod
+from local_eval.runs.workers import resolve_device, resolve_threads, resolve_workers
+from local_eval.training.batched import (
+    DEFAULT_GROUP,
+    TRAINERS,
+    check_batchable,
+    train_new_models_batched,
+)
+from local_eval.training.cache import ModelCache, digest_tensors
+from local_eval.training.models import build_model, default_arch
+from local_eval.training.signals import EvalSignals, ModelRecord, model_record
+from local_eval.training.train import Recipe, default_recipe, get_recipe, train_new_model
+from submission.devices import synchronize
+from submission.loop import warm_up
+
+__all__ = [
+    "EvalConfig",
+    "EvalResult",
+    "ShardResult",
+    "SubmissionError",
+    "combine",
+    "model_seed",
+    "prepare_original",
+    "resolve_device",
+    "resolve_threads",
+    "resolve_workers",
+    "run_evaluation",
+    "run_shard",
+    "train_record",
+]
+
+LOADER_BATCH = 64  # the competition template's loaders
+
+
+class SubmissionError(ValueError):
+    """The evaluated ``unlearning`` raised, or returned something that cannot be scored."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What defines an evaluation (besides the submission and the cache), and where it runs."""
+
+    dataset: str = "digits"
+    forget: str | None = None  # None: the dataset's default (local_eval.data.setup)
+    arch: str | None = None  # None: models.default_arch for the data
+    recipe: str | None = None  # None: train.default_recipe for the arch and data
+    recipe_overrides: Mapping[str, object] = field(default_factory=dict)
+    n_models: int = 32
+    device: str = "auto"
+    seed: int = 0
+    budget_s: float | None = None  # per unlearning run; None: the method's full recipe
+    workers: int | None = None  # processes training models; None: resolve_workers()
+    threads: int | None = None  # torch threads per process on CPU; None: resolve_threads()
+    trainer: str = "sequential"  # or "batched" (local_eval.training.batched): groups per call
+    backend: str = "local"  # a key of backends.BACKENDS: where the jobs run
+    ray_address: str | None = None  # backend "ray": the cluster (None: a local instance)
+    gpus_per_task: float | None = None  # backend "ray" on GPUs: share of a GPU per job (1)
+
+    def __post_init__(self):
+        if not isinstance(self.n_models, int) or self.n_models < 2:
+            raise ValueError(
+                f"n_models must be at least 2 (the metric compares groups), got {self.n_models!r}"
+            )
+        if self.budget_s is not None and not self.budget_s > 0:
+            raise ValueError(f"budget_s must be positive seconds, got {self.budget_s!r}")
+        for name in ("workers", "threads"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.trainer not in TRAINERS:
+            raise ValueError(f"trainer must be one of {TRAINERS}, got {self.trainer!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {tuple(BACKENDS)}, got {self.backend!r}")
+        if self.gpus_per_task is not None and not 0 < self.gpus_per_task <= 1:
+            raise ValueError(
+                f"gpus_per_task must be in (0, 1] (a share of one GPU), got {self.gpus_per_task!r}"
+            )
+
+
+@dataclass(frozen=True, eq=False)
+class EvalResult:
+    config: EvalConfig
+    data: dict  # DataSetup.describe()
+    arch: str
+    recipe: Recipe
+    device: str
+    method: dict  # LoadedMethod.describe(): source, notes, identity
+    signals: EvalSignals
+    stage_seconds: dict[str, float]  # wall time per stage (summed over shards)
+    trained: dict[str, int]  # models actually trained per role (the rest came from the cache)
+    shards: int = 1  # how many shards computed it
+
+
+@dataclass(frozen=True, eq=False)
+class ShardResult:
+    """The records of one shard's jobs and how they were made (what a shard folder holds)."""
+
+    config: EvalConfig
+    shard: Shard
+    data: dict  # DataSetup.describe()
+    arch: str
+    recipe: Recipe
+    method: dict  # LoadedMethod.describe()
+    device: str
+    records: dict[Job, ModelRecord]  # one per job of shard.select(evaluation_jobs(N))
+    targets: np.ndarray  # int64 (E,) forget labels
+    example_ids: np.ndarray  # str (E,)
+    original_sha256: str | None  # of the original's weights; None if the shard needed none
+    stage_seconds: dict[str, float]
+    trained: dict[str, int]
+
+    def jobs(self) -> list[Job]:
+        return self.shard.select(evaluation_jobs(self.config.n_models))
+
+    def identity(self) -> dict:
+        """Everything that defines the records, and nothing about where they were computed:
+        shards of one evaluation must agree on it (JSON-able)."""
+        data = dict(self.data)
+        data["dataset"] = data["dataset"].split(":", 1)[0]  # a folder may lie elsewhere on
+        # another machine; the data's fingerprint says whether they are the same
+        return {
+            "data": data,
+            "arch": self.arch,
+            "recipe": self.recipe.as_dict(),
+            "n_models": self.config.n_models,
+            "trainer": self.config.trainer,
+            "budget_s": self.config.budget_s,
+            "method": self.method["identity"],
+        }
+
+    def fingerprint(self) -> str:
+        text = json.dumps(self.identity(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def run_evaluation(
+    config: EvalConfig, method: LoadedMethod, *, cache: ModelCache, progress: bool = True
+) -> EvalResult:
+    """Everything up to the signals; see the module docstring.
+
+    With more than one worker, models are trained in spawned processes: a script calling
+    this must guard its entry point with ``if __name__ == "__main__":``.
+    """
+    return combine([run_shard(config, method, shard=WHOLE, cache=cache, progress=progress)])
+
+
+def run_shard(
+    config: EvalConfig,
+    method: LoadedMethod,
+    *,
+    shard: Shard,
+    cache: ModelCache,
+    progress: bool = True,
+) -> ShardResult:
+    """The records of ``shard``'s jobs (:mod:`local_eval.runs.jobs`), nothing else."""
+    stages: dict[str, float] = {}
+    with _opened(config, stages) as (setup, arch, recipe, backend):
+        models = _ModelSource(setup, arch, recipe, cache, backend, progress, config.trainer)
+        jobs = shard.select(evaluation_jobs(config.n_models))
+        wanted = {role: [job.index for job in jobs if job.role == role] for role in ROLES}
+        original = digest = None
+        if wanted["unlearning"] or 0 in wanted["original"]:
+            with _stage(stages, "original"):
+                original = models.original_weights()
+            digest = digest_tensors(original)
+        with _stage(stages, "unlearning"):
+            unlearned = run_unlearning(
+                method,
+                original,
+                backend,
+                arch=arch,
+                indices=wanted["unlearning"],
+                n=config.n_models,
+                budget_s=config.budget_s,
+                progress=progress,
+            )
+        with _stage(stages, "references"):  # 2N retrained (scoring + ceiling), N originals
+            references = models.records({r: wanted[r] for r in ("retrained", "original")})
+    return ShardResult(
+        config=config,
+        shard=shard,
+        data=setup.describe(),
+        arch=arch,
+        recipe=recipe,
+        method=method.describe(),
+        device=str(backend.device),
+        records={**{Job("unlearning", i): r for i, r in unlearned.items()}, **references},
+        targets=setup.forget.labels.numpy().copy(),
+        example_ids=_example_ids(setup),
+        original_sha256=digest,
+        stage_seconds=stages,
+        trained=models.trained,
+    )
+
+
+def prepare_original(
+    config: EvalConfig, *, cache: ModelCache, progress: bool = True
+) -> tuple[str, bool]:
+    """Make sure ``cache`` holds the original model of ``config``'s setup (the one every
+    shard's unlearning runs start from); returns its weights' sha256 and whether it was
+    trained now (else it was found)."""
+    with _opened(config, {}) as (setup, arch, recipe, backend):
+        models = _ModelSource(setup, arch, recipe, cache, backend, progress, config.trainer)
+        return digest_tensors(models.original_weights()), models.trained["original"] > 0
+
+
+@contextlib.contextmanager
+def _opened(config: EvalConfig, stages: dict[str, float]):
+    """The data, architecture and recipe of ``config``, and its backend, open for work."""
+    with _stage(stages, "data"):
+        setup = load_setup(config.dataset, forget=config.forget, seed=config.seed)
+        arch, recipe = _arch_and_recipe(config, setup)
+    where = {
+        "device": config.device,
+        "workers": config.workers,
+        "threads": config.threads,
+        "ray_address": config.ray_address,
+        "gpus_per_task": config.gpus_per_task,
+    }
+    with (
+        open_backend(config.backend, setup=setup, **where) as backend,
+        _cpu_threads(backend.device, backend.threads),
+    ):
+        # one-off lazy imports must not count against a timed run (the device itself is
+        # warmed where the calls run: a Ray cluster's GPUs need not be on this machine)
+        warm_up()
+        yield setup, arch, recipe, backend
+
+
+def combine(parts: Sequence[ShardResult]) -> EvalResult:
+    """One evaluation from shards that together hold every job once (checked, with the
+    user's words, by ``local_eval.runs.shards``; here a missing job is a ``KeyError``)."""
+    first = parts[0]
+    records: dict[Job, ModelRecord] = {}
+    stages: dict[str, float] = {}
+    trained: dict[str, int] = {}
+    for part in parts:
+        records.update(part.records)
+        for name, seconds in part.stage_seconds.items():
+            stages[name] = stages.get(name, 0.0) + seconds
+        for role, count in part.trained.items():
+            trained[role] = trained.get(role, 0) + count
+    signals = assemble(
+        records,
+        n_models=first.config.n_models,
+        seed=first.data["seed"],
+        targets=first.targets,
+        example_ids=first.example_ids,
+    )
+    return EvalResult(
+        config=first.config,
+        data=first.data,
+        arch=first.arch,
+        recipe=first.recipe,
+        device=", ".join(dict.fromkeys(part.device for part in parts)),
+        method=first.method,
+        signals=signals,
+        stage_seconds=stages,
+        trained=trained,
+        shards=len(parts),
+    )
+
+
+def _arch_and_recipe(config: EvalConfig, setup: DataSetup) -> tuple[str, Recipe]:
+    arch = config.arch or default_arch(setup.in_channels, setup.image_size)
+    recipe_name = config.recipe or default_recipe(arch, config.dataset)
+    recipe = get_recipe(recipe_name, **dict(config.recipe_overrides))
+    if config.trainer == "batched":
+        check_batchable(recipe)  # before the submission's runs, not after
+    return arch, recipe
+
+
+@contextlib.contextmanager
+def _cpu_threads(device: torch.device, threads: int):
+    """On CPU every model, trained or unlearned, runs with the same number of threads, so
+    the seconds of an unlearning run and of a retraining (in a worker) compare fairly."""
+    before = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def _stage(stages: dict[str, float], name: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        stages[name] = time.perf_counter() - start
+
+
+def _example_ids(setup: DataSetup) -> np.ndarray:
+    if "image_id" in setup.forget.columns:
+        return np.asarray(setup.forget.column("image_id")).astype(str)
+    return np.arange(len(setup.forget)).astype(str)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------
+# Trained models (cached)
+# --------------------------------------------------------------------------------------
+class _ModelSource:
+    """Trained models of a setup, from the cache when there, else trained (by the backend)
+    and cached."""
+
+    def __init__(
+        self,
+        setup: DataSetup,
+        arch: str,
+        recipe: Recipe,
+        cache: ModelCache,
+        backend,
+        progress: bool,
+        trainer: str = "sequential",
+    ):
+        self.setup, self.arch, self.recipe = setup, arch, recipe
+        self.cache, self.backend, self.progress = cache, backend, progress
+        self.trainer = trainer
+        self.trained = {"original": 0, "retrained": 0}
+        self._memo: dict[tuple[str, int], ModelRecord] = {}  # works without a cache too
+
+    def key(self, role: str) -> str:
+        recipe = {
+            k: v for k, v in self.recipe.as_dict().items() if k not in ("name", "description")
+        }
+        identity = {
+            "role": role,  # "original": retain + forget; "retrained": retain only
+            "data": self.setup.describe(),
+            "arch": self.arch,
+            "recipe": recipe,
+        }
+        if self.trainer != "sequential":  # same recipe, other float rounding: kept apart
+            identity["trainer"] = self.trainer  # (sequential keys stay as they were)
+        device = torch.device(self.backend.device).type
+        if device != "cpu":  # other kernels (TF32 on a GPU), and other seconds: kept apart
+            identity["device"] = device  # (CPU keys stay as they were)
+        return self.cache.group(identity)
+
+    def seed(self, role: str, index: int) -> int:
+        return model_seed(self.setup.seed, role, index)
+
+    def original_weights(self) -> dict:
+        """State dict of the original model (the ``original`` group's model 0)."""
+        key, seed = self.key("original"), self.seed("original", 0)
+        weights = self.cache.load_weights(key, seed)
+        if weights is None or self.cache.load(key, seed) is None:
+            [((_, _), (record, weights))] = self._train_many([("original", seed)], weights=True)
+            self.cache.save_weights(key, seed, weights)
+            self._keep("original", key, seed, record)
+        return weights
+
+    def records(self, indices: Mapping[str, Sequence[int]]) -> dict[Job, ModelRecord]:
+        """The models ``indices[role]`` of each role, training only the ones missing from
+        the cache, all in one go."""
+        keys = {role: self.key(role) for role in indices}
+        seeds = {role: [self.seed(role, i) for i in idx] for role, idx in indices.items()}
+        found = {
+            (role, s): self._memo.get((keys[role], s)) or self.cache.load(keys[role], s)
+            for role in indices
+            for s in seeds[role]
+        }
+        missing = [job for job, record in found.items() if record is None]
+        with _progress(len(missing), "training reference models", self.progress) as bar:
+            for (role, seed), (record, _) in self._train_many(missing):
+                found[role, seed] = record
+                self._keep(role, keys[role], seed, record)
+                bar.update()
+        return {
+            Job(role, i): found[role, s]
+            for role, idx in indices.items()
+            for i, s in zip(idx, seeds[role], strict=True)
+        }
+
+    def _keep(self, role: str, key: str, seed: int, record: ModelRecord) -> None:
+        self.trained[role] += 1
+        self._memo[key, seed] = record
+        self.cache.save(key, seed, record)
+
+    def _train_many(
+        self, jobs: list[tuple[str, int]], *, weights: bool = False
+    ) -> Iterator[tuple[tuple[str, int], tuple[ModelRecord, dict | None]]]:
+        """Yield ``((role, seed), (record, weights or None))`` as models finish: one model
+        per call, or with the batched trainer groups of up to ``DEFAULT_GROUP`` models of
+        one role, spread evenly over the backend's workers."""
+        units = []
+        for role in dict.fromkeys(r for r, _ in jobs):
+            seeds = [s for r, s in jobs if r == role]
+            size = 1 if self.trainer == "sequential" else _group_size(len(seeds), self.workers)
+            units += [(role, seeds[i : i + size]) for i in range(0, len(seeds), size)]
+        calls = [
+            {
+                "arch": self.arch,
+                "recipe": self.recipe,
+                "role": role,
+                "seeds": seeds,
+                "device": str(self.backend.device),
+                "trainer": self.trainer,
+                "weights": weights,
+            }
+            for role, seeds in units
+        ]
+        for i, results in self.backend.map(train_models, calls, parallel=True):
+            role, seeds = units[i]
+            for seed, result in zip(seeds, results, strict=True):
+                yield (role, seed), result
+
+    @property
+    def workers(self) -> int:
+        return self.backend.workers
+
+
+def _group_size(n: int, workers: int) -> int:
+    """Models per batched run: the workers share the models evenly, at most DEFAULT_GROUP."""
+    per_worker = -(-n // max(1, workers))
+    return max(1, min(DEFAULT_GROUP, per_worker))
+
+
+def train_models(
+    setup: DataSetup,
+    *,
+    arch: str,
+    recipe: Recipe,
+    role: str,
+    seeds: Sequence[int],
+    device: str,
+    trainer: str,
+    weights: bool = False,
+) -> list[tuple[ModelRecord, dict | None]]:
+    """One backend call: train the models ``seeds`` of ``role`` (one after the other, or
+    all at once with the batched trainer); ``(record, CPU state dict if weights)`` each."""
+    warm_up(device)  # this process's first model must not pay the device's start-up
+    if trainer == "batched":
+        pairs = train_records_batched(setup, arch, recipe, role, list(seeds), device)
+    else:
+        pairs = [train_record(setup, arch, recipe, role, s, device) for s in seeds]
+    return [
+        (record, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+        if weights
+        else (record, None)
+        for record, model in pairs
+    ]
+
+
+def train_records_batched(
+    setup: DataSetup, arch: str, recipe: Recipe, role: str, seeds: list[int], device
+) -> list[tuple[ModelRecord, nn.Module]]:
+    """:func:`train_record` for several seeds at once (``local_eval.training.batched``); a record's
+    ``seconds`` is the group's wall time / number of models (amortised)."""
+    data = setup.train if role == "original" else setup.retain
+    results = train_new_models_batched(
+        arch, data, setup.val, recipe, num_classes=setup.num_classes, device=device, seeds=seeds
+    )
+    return [
+        (model_record(r.model, setup, device=device, seconds=r.seconds), r.model) for r in results
+    ]
+
+
+def train_record(setup: DataSetup, arch: str, recipe: Recipe, role: str, seed: int, device):
+    """Train one model of ``role`` ("original": retain + forget, "retrained": retain) and
+    extract its record; returns ``(record, model)``."""
+    data = setup.train if role == "original" else setup.retain
+    result = train_new_model(
+        arch, data, setup.val, recipe, num_classes=setup.num_classes, device=device, seed=seed
+    )
+    record = model_record(result.model, setup, device=device, seconds=result.seconds)
+    return record, result.model
+
+
+# --------------------------------------------------------------------------------------
+# The submission's runs
+# --------------------------------------------------------------------------------------
+def run_unlearning(
+    method: LoadedMethod,
+    original: Mapping | None,
+    backend,
+    *,
+    arch: str,
+    indices: Sequence[int],
+    n: int,
+    budget_s: float | None,
+    progress: bool = True,
+) -> dict[int, ModelRecord]:
+    """The seeded runs ``indices`` (of ``n``) of ``method``, each from a fresh copy of
+    ``original``, by the backend (the local one runs them here, one after the other)."""
+    calls = [{"index": i} for i in indices]
+    shared = {
+        "method": method,
+        "original": original,
+        "arch": arch,
+        "n": n,
+        "device": str(backend.device),
+        "budget_s": budget_s,
+    }
+    records = {}
+    with _progress(len(calls), "unlearning runs", progress) as bar:
+        for i, record in backend.map(unlearning_run, calls, parallel=False, shared=shared):
+            records[indices[i]] = record
+            bar.update()
+    return dict(sorted(records.items()))
+
+
+def unlearning_run(
+    setup: DataSetup,
+    *,
+    method: LoadedMethod,
+    original: Mapping,
+    arch: str,
+    index: int,
+    n: int,
+    device: str,
+    budget_s: float | None,
+) -> ModelRecord:
+    """One backend call: run ``index`` of the submission, checked, as a record."""
+    from local_eval.common.errors import RunTimeout
+    from submission.seeding import seed_everything
+
+    seed = model_seed(setup.seed, "unlearning", index)
+    where = f"unlearning run {index + 1}/{n} (seed {seed})"
+    warm_up(device)  # the CUDA context and handles must not eat the first run's budget
+    net = _fresh_model(arch, setup, original, device)
+    seed_everything(seed)
+    loaders = [
+        make_loader(s, batch_size=LOADER_BATCH, shuffle=True)
+        for s in (setup.retain, setup.forget, setup.val)
+    ]
+    start = time.perf_counter()
+    try:
+        out = method(net, *loaders, budget_s=budget_s)
+    except RunTimeout as exc:
+        raise RunTimeout(f"{where} {exc}") from None
+    except Exception as exc:
+        raise SubmissionError(f"{where} raised {type(exc).__name__}: {exc}") from exc
+    synchronize(device)  # the run's queued GPU work is part of its time
+    seconds = time.perf_counter() - start
+    model = _check_returned(out, net, original, where)
+    try:
+        record = model_record(model, setup, device=device, seconds=seconds)
+    except Exception as exc:
+        raise SubmissionError(
+            f"{where}: evaluating the returned model raised {type(exc).__name__}: {exc}"
+        ) from exc
+    _check_logits(record, setup, where)
+    return record
+
+
+def _fresh_model(arch: str, setup: DataSetup, weights: Mapping, device) -> nn.Module:
+    model = build_model(
+        arch,
+        num_classes=setup.num_classes,
+        in_channels=setup.in_channels,
+        image_size=setup.image_size,
+    )
+    model.load_state_dict(weights)
+    return model.to(device).eval()
+
+
+def _check_returned(out, net: nn.Module, original: Mapping, where: str) -> nn.Module:
+    """The competition saves ``net.state_dict()`` and loads it into a fresh model, so the
+    returned model (or ``net`` when ``None`` comes back) must have the original's weights'
+    names and shapes."""
+    model = net if out is None else out
+    if not isinstance(model, nn.Module):
+        raise SubmissionError(f"{where} returned a {type(out).__name__}, not a torch model")
+    state = model.state_dict()
+    wrong = [k for k, v in original.items() if k not in state or state[k].shape != v.shape]
+    extra = [k for k in state if k not in original]
+    if wrong or extra:
+        first = (wrong or extra)[0]
+        got = tuple(state[first].shape) if first in state else "missing"
+        want = tuple(original[first].shape) if first in original else "absent"
+        raise SubmissionError(
+            f"{where} returned a model of another shape: {len(wrong)} weight(s) missing or "
+            f"resized, {len(extra)} extra; e.g. {first!r}: {got} (original: {want})"
+        )
+    return model
+
+
+def _check_logits(record: ModelRecord, setup: DataSetup, where: str) -> None:
+    logits = record.forget_logits
+    expected = (len(setup.forget), setup.num_classes)
+    if logits.shape != expected:
+        raise SubmissionError(
+            f"{where}: forget logits of shape {logits.shape}, expected {expected}"
+        )
+    bad = ~np.isfinite(logits).all(axis=1)
+    if bad.any():
+        raise SubmissionError(
+            f"{where}: the model gives NaN/inf logits on {int(bad.sum())} of {len(bad)} "
+            "forget examples"
+        )

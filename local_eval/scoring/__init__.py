@@ -1,0 +1,1 @@
+"""The competition's score (pure numpy) and the sanity-check attack."""

@@ -1,0 +1,1 @@
+"""Models, training recipes and trainers, signals of trained models, the model cache."""

@@ -1,0 +1,159 @@
+"""The whole job: N runs into a locked folder within the budget, resumable."""
+
+import contextlib
+import shutil
+import sys
+import time
+
+from local_eval.common.files import atomic_write_json, check_out_folder
+from local_eval.common.timing import time_limit
+from submission.loop import warm_up
+from submission_tools.run.budget import BudgetWatch, duration
+from submission_tools.run.folder import (
+    CHECKPOINT_RE,
+    MANIFEST,
+    check_disk_space,
+    load_manifest,
+    lock_folder,
+    log_job,
+    save_checkpoint,
+    valid_checkpoints,
+    write_zip,
+)
+from submission_tools.run.inputs import Inputs, load_inputs, run_once
+from submission_tools.run.job import RunJob
+from submission_tools.run.method import Method
+
+
+def progress_bar(total: int, initial: int):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # the bar is a convenience, never a requirement
+        return contextlib.nullcontext(None)
+    return tqdm(total=total, initial=initial, unit="ckpt", dynamic_ncols=True, file=sys.stderr)
+
+
+def prepare_folder(job: RunJob, inputs: Inputs) -> dict:
+    """The folder's manifest, reduced to the checkpoints that are valid for this job."""
+    identity = job.identity(inputs.method, inputs.original_sha, inputs.fingerprint)
+    manifest = load_manifest(job.out, identity)
+    manifest["checkpoints"] = valid_checkpoints(job.out, manifest, job.n)
+    manifest["n"] = job.n
+    atomic_write_json(job.out / MANIFEST, manifest)
+    return manifest
+
+
+def run_job(job: RunJob) -> int:
+    """The whole job; returns the process exit code."""
+    check_out_folder(job.out)
+    inputs = load_inputs(job)  # every input checked before anything is written
+    job = job.with_arch(inputs.arch)
+    created = not job.out.exists()
+    job.out.mkdir(parents=True, exist_ok=True)
+    with lock_folder(job.out):  # refuses a folder another job is writing to
+        try:
+            return run_locked(job, inputs)
+        except BaseException:
+            if created and not any(CHECKPOINT_RE.match(p.name) for p in job.out.iterdir()):
+                shutil.rmtree(job.out, ignore_errors=True)  # nothing of value: leave no trace
+            raise
+
+
+def run_locked(job: RunJob, inputs: Inputs) -> int:
+    out = job.out
+    manifest = prepare_folder(job, inputs)
+    mine = job.indices
+    todo = [i for i in mine if str(i) not in manifest["checkpoints"]]
+    check_disk_space(
+        out,
+        checkpoints=len(todo),
+        checkpoint_bytes=job.original.stat().st_size,
+        zip_too=job.zip,
+    )
+    if len(todo) < len(mine):
+        kept = len(mine) - len(todo)
+        print(f"resuming: {kept} valid checkpoints kept, {len(todo)} to do", file=sys.stderr)
+    budget_s = job.per_run_budget()
+    prior = budget_s if inputs.method.takes_budget else 0.0
+    watch = BudgetWatch(job.budget_h * 3600, len(todo), prior_s=prior)
+    print(startup_note(job, budget_s, len(todo), inputs.method), file=sys.stderr)
+
+    def run(seed: int) -> dict:
+        return run_once(
+            inputs, run_seed=seed, budget_s=budget_s, batch_size=job.batch_size, debug=job.debug
+        )
+
+    if todo and watch.can_start():
+        # A discarded run first: lazy imports, allocator and cuDNN warm-up would otherwise
+        # eat the first checkpoint's budget (its method would then do almost nothing).
+        warm_up(inputs.device)
+        with job_time_limit(watch, "the warm-up run"):
+            run(job.seed)
+    with progress_bar(len(mine), len(mine) - len(todo)) as bar:
+        for i in todo:
+            if not watch.can_start():
+                log_job(out, manifest, watch, stopped=True)
+                return stop_for_budget(job, watch, manifest)
+            start = time.perf_counter()
+            with job_time_limit(watch, f"run {i}"):
+                state = run(job.seed + i)
+            seconds = time.perf_counter() - start  # the run itself; saving is overhead
+            record = {"seconds": round(seconds, 4), "seed": job.seed + i, "budget_s": budget_s}
+            save_checkpoint(out, manifest, i, state, **record)
+            warning = watch.record(seconds)
+            if bar is not None:
+                bar.set_postfix(run_s=f"{seconds:.2f}")
+                bar.update(1)
+            if warning:
+                print(warning, file=sys.stderr)
+    log_job(out, manifest, watch, stopped=False)
+    print(summary(watch, job), file=sys.stderr)
+    if job.zip:
+        print(f"wrote {write_zip(out, job.n)}", file=sys.stderr)
+    return 0
+
+
+def job_time_limit(watch: BudgetWatch, what: str):
+    """Interrupt a run still going when the job's whole budget is spent (a hang, say)."""
+    left = watch.total_s - watch.elapsed()
+    return time_limit(
+        left,
+        f"{what} was still going when the {duration(watch.total_s)} job budget ran out "
+        "(does the method honour budget_s, or does it hang?); stopped",
+    )
+
+
+def startup_note(job: RunJob, budget_s: float, todo: int, method: Method) -> str:
+    note = f"{method.name}: {todo} runs to do, {budget_s:.2f} s budget per run"
+    if not method.takes_budget:
+        note += " (ignored: this unlearning() takes no budget_s)"
+    needed = todo * budget_s
+    if job.budget_s is not None and needed > job.budget_h * 3600:
+        note += (
+            f"\nwarning: {todo} runs of up to {budget_s:g} s need up to {duration(needed)}, "
+            f"over the {duration(job.budget_h * 3600)} budget; about "
+            f"{int(job.budget_h * 3600 // budget_s)} runs of that length fit"
+        )
+    return note
+
+
+def summary(watch: BudgetWatch, job: RunJob) -> str:
+    if not watch.run_seconds:
+        return f"all {len(job.indices)} checkpoints were already there"
+    return (
+        f"done: {len(watch.run_seconds)} runs in {watch.elapsed():.1f} s "
+        f"({watch.estimate():.2f} s per run); at that pace {watch.runs_that_fit()} runs "
+        f"fit in the {job.budget_h:g} h budget"
+    )
+
+
+def stop_for_budget(job: RunJob, watch: BudgetWatch, manifest: dict) -> int:
+    have = len(manifest["checkpoints"])
+    print(
+        f"error: stopped with {have} of {len(job.indices)} checkpoints in {job.out}: "
+        "the next run "
+        f"(about {watch.estimate():.1f} s) would overrun the {job.budget_h:g} h budget. "
+        f"Rerun the same command with a larger --budget-h (or a smaller --budget-s) to finish.",
+        file=sys.stderr,
+    )
+    return 3

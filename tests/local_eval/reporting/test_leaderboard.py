@@ -1,0 +1,272 @@
+"""The leaderboard: ranking and its CI column (synthetic rows), and a real board on digits."""
+
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import submission
+from local_eval.cli.main import main
+from local_eval.reporting.leaderboard import (
+    Row,
+    format_markdown,
+    lead_holds,
+    lead_holds_paired,
+    leader_ahead,
+    rank,
+    row_from_report,
+    to_json,
+    versus_leader,
+)
+
+
+def scored(name, score, low, high, **kw):
+    defaults = dict(
+        forget_quality=score,
+        fraction_of_ceiling=score / 0.5,
+        retain_ratio=1.0,
+        test_ratio=1.0,
+        seconds_per_run=0.3,
+        ratio_to_retraining=0.1,
+        runs_over_budget=0,
+    )
+    return Row(name, score=score, score_ci95=(low, high), **{**defaults, **kw})
+
+
+def test_rank_orders_by_score_with_failed_last():
+    rows = [
+        Row("zeta", error="boom"),
+        scored("b", 0.20, 0.15, 0.25),
+        scored("a", 0.30, 0.26, 0.34),
+        Row("alpha", error="NaN"),
+        scored("c", 0.20, 0.10, 0.30, forget_quality=0.25),  # tie on score: higher F first
+    ]
+    assert [r.method for r in rank(rows)] == ["a", "c", "b", "alpha", "zeta"]
+
+
+def test_lead_holds_only_when_intervals_separate():
+    apart = rank([scored("a", 0.30, 0.26, 0.34), scored("b", 0.20, 0.15, 0.25)])
+    assert lead_holds(apart) is True
+    assert versus_leader(apart) == ["lead holds", "below leader"]
+
+    close = rank(
+        [
+            scored("a", 0.30, 0.22, 0.38),
+            scored("b", 0.25, 0.20, 0.30),  # overlaps the leader
+            scored("c", 0.10, 0.05, 0.21),  # entirely below the leader's low end
+            Row("d", error="raised"),
+        ]
+    )
+    assert lead_holds(close) is False
+    assert versus_leader(close) == ["within CIs", "overlaps leader", "below leader", ""]
+
+    # the lead is judged against the runner-up; a lower-ranked method with a wider
+    # interval may still overlap the leader, and the column says so
+    wide = rank(
+        [
+            scored("a", 0.30, 0.27, 0.33),
+            scored("b", 0.20, 0.18, 0.22),
+            scored("c", 0.10, 0.00, 0.35),
+        ]
+    )
+    assert lead_holds(wide) is True
+    assert versus_leader(wide) == ["lead holds", "below leader", "overlaps leader"]
+
+
+def test_fewer_than_two_scored_rows():
+    ranked = rank([scored("a", 0.3, 0.2, 0.4), Row("b", error="x")])
+    assert lead_holds(ranked) is None
+    assert versus_leader(ranked) == ["", ""]
+    assert "Fewer than two methods scored" in format_markdown(ranked, {})
+
+
+def test_markdown_marks_default_and_failed_and_states_the_setup():
+    ranked = rank(
+        [
+            scored("a", 0.30, 0.22, 0.38),
+            scored("mine", 0.25, 0.20, 0.30, default=True),
+            Row("broken", error="unlearning run 1/3 raised RuntimeError: a | b"),
+        ]
+    )
+    meta = {
+        "title": "digits, forget random:0.1",
+        "command": "python -m local_eval leaderboard --n-models 3",
+        "machine": "2 CPU cores, torch 2.x, device cpu",
+        "n_models": 3,
+        "budget_s": 0.5,
+        "date": "2024-01-01 00:00 UTC",
+    }
+    text = format_markdown(ranked, meta)
+    lines = text.splitlines()
+    assert "`python -m local_eval leaderboard --n-models 3`" in text
+    assert "2 CPU cores, torch 2.x, device cpu" in text
+    assert "N = 3 models per group; budget 0.5 s per run; 2024-01-01" in text
+    table = [line for line in lines if line.startswith("| ")][1:]  # without the header
+    assert table[0].startswith("| 1 | `a` | 0.300 [0.220, 0.380] |")
+    assert table[0].endswith("| within CIs |  |")
+    assert table[1].startswith("| 2 | `mine` (default) |")
+    assert table[1].endswith("| overlaps leader | +0.050 [n/a] |")  # no per-example scores
+    failed = "| - | `broken` | **failed**: unlearning run 1/3 raised RuntimeError: a \\| b |"
+    assert table[2].startswith(failed)
+    assert all(line.count("|") - line.count("\\|") == 12 for line in table)  # 11 columns
+    assert "does not hold beyond the separate 95% CIs: 1 method(s) overlap" in text
+    assert "default method `mine` ranks 2" in text
+
+    data = to_json(ranked, meta)
+    assert data["lead_holds_beyond_ci"] is False
+    assert data["lead_holds_paired"] is None  # the rows carry no per-example scores
+    assert [(r["rank"], r["method"], r["vs_leader"]) for r in data["rows"]] == [
+        (1, "a", "within CIs"),
+        (2, "mine", "overlaps leader"),
+        (None, "broken", None),
+    ]
+
+
+def test_paired_interval_tells_apart_what_separate_intervals_cannot():
+    # Two methods on the same 200 examples: per-example values vary a lot (hard and easy
+    # examples) but B is always 0.02 below A, plus small noise. Separately their intervals
+    # overlap; paired, the lead is clearly above 0.
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.0, 0.4, size=200)
+    a = base + 0.01
+    b = base - 0.01 + rng.normal(0.0, 0.005, size=200)
+    rows = [
+        scored("a", a.mean(), a.mean() - 0.03, a.mean() + 0.03, example_scores=a),
+        scored("b", b.mean(), b.mean() - 0.03, b.mean() + 0.03, example_scores=b),
+        scored("c", 0.01, 0.0, 0.02, example_scores=np.full(200, 0.01)),
+    ]
+    ranked = rank(rows)
+    assert lead_holds(ranked) is False
+    assert lead_holds_paired(ranked) is True
+    ahead = leader_ahead(ranked)
+    assert ahead[0] is None
+    low, high = ahead[1]
+    assert 0.018 < low < 0.02 < high < 0.022  # the gap is 0.02 to within the noise
+    assert low > 0.0
+    text = format_markdown(ranked, {})
+    assert "lead's 95% interval lies above 0" in text
+    assert f"| +{a.mean() - b.mean():.3f} [+{low:.3f}, +{high:.3f}] |" in text
+    data = to_json(ranked, {})
+    assert data["lead_holds_paired"] is True
+    assert "example_scores" not in data["rows"][0]  # per-example values stay out of the JSON
+    assert data["rows"][1]["leader_ahead_ci95"] == pytest.approx([low, high])
+    json.dumps(data)
+
+
+def test_paired_interval_includes_zero_for_a_coin_flip():
+    rng = np.random.default_rng(1)
+    a, b = rng.uniform(0, 0.3, 300), rng.uniform(0, 0.3, 300)
+    first, second = (a, b) if a.mean() >= b.mean() else (b, a)
+    ranked = rank(
+        [
+            scored("x", first.mean(), 0.0, 0.3, example_scores=first),
+            scored("y", second.mean(), 0.0, 0.3, example_scores=second),
+        ]
+    )
+    low, high = leader_ahead(ranked)[1]
+    assert low < 0.0 < high
+    assert lead_holds_paired(ranked) is False
+    assert "the two are not told apart" in format_markdown(ranked, {})
+
+
+def test_markdown_lists_method_notes():
+    ranked = [scored("a", 0.3, 0.2, 0.4, notes=("fisher on 8 samples",))]
+    assert "- `a`: fisher on 8 samples" in format_markdown(ranked, {})
+
+
+def test_row_from_report_carries_the_interval_through_the_utility_ratios():
+    acc = {
+        g: {"retain": {"mean": ra}, "test": {"mean": ta}}
+        for g, ra, ta in (("unlearned", 0.9, 0.8), ("retrained", 1.0, 1.0))
+    }
+    report = {
+        "score": 0.2 * 0.72,
+        "forget_quality": 0.2,
+        "forget_quality_ci95": [0.1, 0.3],
+        "fraction_of_ceiling": 0.5,
+        "utility": {"retain_ratio": 0.9, "test_ratio": 0.8},
+        "accuracy": acc,
+        "time": {"unlearning_s_mean": 0.4, "ratio_to_retraining": 0.12},
+        "method": {"runs_over_budget": 1},
+    }
+    row = row_from_report("m", report, default=True, points=np.array([0.0, 0.2, 0.4]))
+    assert row.score_ci95 == pytest.approx((0.1 * 0.72, 0.3 * 0.72))
+    # each example's share of the score: its points times the utility ratios; mean = score
+    assert row.example_scores == pytest.approx([0.0, 0.2 * 0.72, 0.4 * 0.72])
+    assert row.example_scores.mean() == pytest.approx(row.score)
+    assert (row.runs_over_budget, row.default, row.failed) == (1, True, False)
+    nan = row_from_report("m", {**report, "score": math.nan})
+    assert nan.failed and "NaN" in nan.error
+
+
+def _raises(net, retain, forget, val, *, budget_s=None):
+    raise RuntimeError("deliberately broken")
+
+
+def _nan_weights(net, retain, forget, val, *, budget_s=None):
+    with torch.no_grad():
+        for p in net.parameters():
+            p.fill_(float("nan"))
+    return net.eval()
+
+
+def _hangs(net, retain, forget, val, *, budget_s=None):
+    time.sleep(600)
+
+
+@pytest.mark.slow
+def test_board_lists_every_registered_method_and_failures(tmp_path, monkeypatch, capsys):
+    registered = list(submission.METHODS)
+    monkeypatch.setitem(submission.METHODS, "zz_raises", _raises)
+    monkeypatch.setitem(submission.METHODS, "zz_nan", _nan_weights)
+    monkeypatch.setitem(submission.METHODS, "zz_hangs", _hangs)
+    out = tmp_path / "board"
+    code = main(
+        [
+            "leaderboard",
+            "--n-models",
+            "3",
+            "--budget-s",
+            "0.3",
+            "--epochs",
+            "2",  # cheaper references: this checks the board, not the methods
+            "--run-timeout-s",
+            "5",
+            "--workers",
+            "2",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    stdout = capsys.readouterr().out
+    assert code == 0, stdout
+    assert {p.name for p in out.iterdir()} == {
+        "leaderboard.md",
+        "leaderboard.json",
+        "leaderboard.png",
+    }
+    board = json.loads((out / "leaderboard.json").read_text())
+    rows = {r["method"]: r for r in board["rows"]}
+    assert set(rows) == {*registered, "zz_raises", "zz_nan", "zz_hangs"}
+    assert "deliberately broken" in rows["zz_raises"]["error"]
+    assert "NaN" in rows["zz_nan"]["error"]
+    assert "still going after 5 s" in rows["zz_hangs"]["error"]
+    assert all(rows[m]["rank"] is None for m in ("zz_raises", "zz_nan", "zz_hangs"))
+    assert rows[submission.DEFAULT_METHOD]["default"] is True
+    scored_rows = [r for r in board["rows"] if r["rank"] is not None]
+    assert [r["score"] for r in scored_rows] == sorted(
+        (r["score"] for r in scored_rows), reverse=True
+    )
+    markdown = (out / "leaderboard.md").read_text()
+    for name in registered:
+        assert f"`{name}`" in markdown
+    assert f"`{submission.DEFAULT_METHOD}` (default)" in markdown
+    assert markdown.count("**failed**") == 3
+    assert board["n_models"] == 3 and board["budget_s"] == 0.3
+    assert board["references"]["retraining_s"] > 0
