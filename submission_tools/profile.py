@@ -6,12 +6,15 @@ Example::
     python -m submission.profile --calibrate kaggle_p100.json      # run this on the target
     python -m submission.profile --method scrub --machine kaggle_p100.json --json
 
-Measures ``k`` unlearning runs (after one discarded warm-up run) and one retraining epoch on
-this machine, split by phase through the shared loop's timings: data loading, forward/backward/
-step, and the method's own extra work (everything else in the call: teacher copies, masks,
-dampening). Reports seconds per run, the projected total for N runs against the job budget,
-and the ratio of a run to retraining from scratch (recipe epochs x the measured epoch) against
-the organisers' cut-off (about 20%).
+Measures ``k`` unlearning runs (after one discarded warm-up run), split by phase through the
+shared loop's timings: data loading, forward/backward/step, and the method's own extra work
+(everything else in the call: teacher copies, masks, dampening); and one epoch of the
+retraining recipe by the evaluator's own trainer. "One retraining" is the recipe the evaluator
+uses for the same data and architecture (``local_eval.training.train``; ``--recipe`` to choose
+another), so the ratio printed here is the one the evaluator's report gives. Reports seconds
+per run, the projected total for N runs against the job budget, and the ratio of a run to
+one retraining (recipe epochs x the measured epoch) against the organisers' cut-off (about
+20%).
 
 Projection to another machine uses only numbers the user supplies: ``--speed-factor F`` (the
 target is F times faster) or ``--machine FILE``, a profile that ``--calibrate FILE`` wrote on
@@ -20,6 +23,7 @@ and the factor is the ratio of the two. No hardware numbers are built in.
 """
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -39,23 +43,19 @@ from local_eval.common.checks import (
 )
 from local_eval.common.errors import UsageError
 from local_eval.common.files import sha256_of
-from local_eval.data.setup import make_loader
-from submission.batches import count_batches, device_batches
+from local_eval.training.train import Recipe, default_recipe, get_recipe, train_new_model
 from submission.devices import synchronize
-from submission.loop import Deadline, Schedule, TrainLoop, cosine, record_timings, warm_up
-from submission.seeding import seed_everything
+from submission.loop import record_timings, warm_up
 from submission_tools.run.budget import duration
 from submission_tools.run.inputs import (
     Inputs,
+    load_method,
     load_setup_and_model,
     parse_device,
     run_once,
 )
-from submission_tools.run.method import parse_hparams, resolve_method
 
 CUTOFF = 0.2  # organisers' cut-off: unlearning slower than ~20% of retraining is refused
-RETRAIN_EPOCHS = 30  # the organisers' retraining recipe (kaggle.md)
-RETRAIN_LR, RETRAIN_WD = 1e-4, 5e-3  # Adam, class-weighted CE, cosine
 REFERENCE_WORKLOAD = "v1: 2-conv CNN, batch 64 of 3x32x32, 10 SGD steps, median of 3"
 
 
@@ -131,16 +131,16 @@ def read_machine_profile(path: str) -> dict:
 
 def time_runs(inputs: Inputs, args, k: int) -> list[dict]:
     """``k`` timed unlearning runs, each ``{'total_s', 'data_s', 'step_s', 'extra_s', ...}``."""
-    def run(seed: int) -> dict:
-        return run_once(inputs, run_seed=seed, budget_s=args.budget_s, batch_size=args.batch_size)
+    def run(index: int) -> dict:
+        return run_once(inputs, index=index, budget_s=args.budget_s, batch_size=args.batch_size)
 
     warm_up(inputs.device)
-    run(args.seed)  # discarded: one-off costs
+    run(0)  # discarded: one-off costs
     runs = []
     for i in range(k):
         with record_timings() as timings:
             start = time.perf_counter()
-            run(args.seed + i)
+            run(i)
             total = time.perf_counter() - start
         runs.append(
             {
@@ -155,31 +155,16 @@ def time_runs(inputs: Inputs, args, k: int) -> list[dict]:
     return runs
 
 
-def time_retrain_epoch(setup, model: nn.Module, args, device: torch.device) -> dict:
-    """One epoch of the organisers' retraining recipe on retain, from a fresh model."""
-    seed_everything(args.seed)
-    loader = make_loader(setup.retain, batch_size=args.batch_size, shuffle=True, seed=args.seed)
-    net = model.to(device).train()
-    counts = torch.bincount(setup.retain.labels, minlength=setup.num_classes).float()
-    weights = torch.where(counts > 0, 1.0 / counts.clamp_min(1), 0.0).to(device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=RETRAIN_LR, weight_decay=RETRAIN_WD)
-    n = count_batches(loader)
-    schedule = Schedule(optimizer, cosine, planned_steps=RETRAIN_EPOCHS * n)
-
-    def step(batch):
-        x, y = batch
-        optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(net(x), y, weight=weights)
-        loss.backward()
-        optimizer.step()
-        return loss
-
-    with record_timings() as timings:
-        start = time.perf_counter()
-        loop = TrainLoop(Deadline(None), planned_steps=n, device=device)
-        loop.run(device_batches(loader, device), step, steps=n, schedules=(schedule,))
-        total = time.perf_counter() - start
-    return {"total_s": total, "data_s": timings.data_s, "step_s": timings.step_s, "steps": n}
+def time_retrain_epoch(setup, arch: str, recipe: Recipe, device: torch.device, seed: int) -> dict:
+    """One epoch of ``recipe`` on retain from a fresh model, by the evaluator's own trainer
+    (``local_eval.training.train``), so that "one retraining" means here what it means in
+    the evaluator's report: ``recipe.epochs`` such epochs, validation passes included."""
+    one_epoch = dataclasses.replace(recipe, epochs=1)
+    result = train_new_model(
+        arch, setup.retain, setup.val, one_epoch, num_classes=setup.num_classes, device=device,
+        seed=seed,
+    )  # fmt: skip
+    return {"total_s": result.seconds, "recipe": recipe.name}
 
 
 # ---------------------------------------------------------------- the report (pure)
@@ -191,7 +176,8 @@ def build_report(
     *,
     n: int,
     budget_h: float,
-    retrain_epochs: int = RETRAIN_EPOCHS,
+    retrain_epochs: int,
+    recipe: str | None = None,
     speed_factor: float | None = None,
     speed_source: str | None = None,
 ) -> dict:
@@ -211,7 +197,7 @@ def build_report(
         "steps_per_run": statistics.mean(r["steps"] for r in runs),
         "planned_steps_per_run": statistics.mean(r["planned_steps"] for r in runs),
         "retrain_epoch_s": epoch["total_s"],
-        "retrain_epoch_phases_s": {"data_s": epoch["data_s"], "step_s": epoch["step_s"]},
+        "retrain_recipe": recipe,
         "retrain_epochs": retrain_epochs,
         "retrain_s": retrain_s,
         "ratio_to_retrain": per_run / retrain_s,
@@ -280,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--method", help="a registered method name")
     p.add_argument("--submission", help="a Python file defining unlearning(...)")
+    p.add_argument("--notebook", help="an .ipynb whose code cells define unlearning()")
     p.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--data", default="digits", help="digits, mnist5k, kaggle:PATH, cifar10:PATH")
     p.add_argument("--forget", default=None)
@@ -289,7 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=512, help="runs in the job (default 512)")
     p.add_argument("--budget-h", type=float, default=8.0, help="hours for the whole job")
     p.add_argument("--budget-s", type=float, default=None, help="pass a per-run budget")
-    p.add_argument("--retrain-epochs", type=int, default=RETRAIN_EPOCHS)
+    p.add_argument(
+        "--recipe",
+        help="the retraining recipe that defines 'one retraining', as for python -m local_eval "
+        "(default: by arch and data, the evaluator's choice)",
+    )
+    p.add_argument("--retrain-epochs", type=int, help="override the recipe's epochs")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
@@ -302,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args) -> None:
-    if args.k < 1 or args.n < 1 or args.retrain_epochs < 1:
+    if args.k < 1 or args.n < 1 or (args.retrain_epochs is not None and args.retrain_epochs < 1):
         raise UsageError("--k, --n and --retrain-epochs must be at least 1")
     for value, name in (
         (args.budget_h, "--budget-h"),
@@ -310,14 +302,16 @@ def check_args(args) -> None:
         (args.speed_factor, "--speed-factor"),
     ):
         check_positive(value, name)
-    if args.calibrate is None and (args.method is None) == (args.submission is None):
-        raise UsageError("give --method NAME or --submission FILE.py (or --calibrate FILE)")
+    chosen = [x for x in (args.method, args.submission, args.notebook) if x is not None]
+    if args.calibrate is None and len(chosen) != 1:
+        raise UsageError(
+            "give one of --method NAME, --submission FILE.py or --notebook FILE.ipynb "
+            "(or --calibrate FILE)"
+        )
 
 
 def profile(args) -> dict:
-    method = resolve_method(
-        method=args.method, submission=args.submission, overrides=parse_hparams(args.hp)
-    )
+    method = load_method(args)
     device = parse_device(args.device)
     speed_factor, source = args.speed_factor, ("--speed-factor" if args.speed_factor else None)
     target = read_machine_profile(args.machine) if args.machine else None
@@ -332,7 +326,13 @@ def profile(args) -> dict:
         original, sha = {k: v.clone() for k, v in model.state_dict().items()}, None
     inputs = Inputs(setup, arch, original, sha, method, device)
     runs = time_runs(inputs, args, args.k)
-    epoch = time_retrain_epoch(setup, model, args, device)
+    try:
+        recipe = get_recipe(
+            args.recipe or default_recipe(arch, args.data), epochs=args.retrain_epochs
+        )
+    except ValueError as exc:
+        raise UsageError(f"--recipe: {exc}") from None
+    epoch = time_retrain_epoch(setup, arch, recipe, device, args.seed)
     if target is not None:
         here = reference_workload(device)
         speed_factor = here / target["reference_s"]
@@ -342,11 +342,12 @@ def profile(args) -> dict:
         epoch,
         n=args.n,
         budget_h=args.budget_h,
-        retrain_epochs=args.retrain_epochs,
+        retrain_epochs=recipe.epochs,
+        recipe=recipe.name,
         speed_factor=speed_factor,
         speed_source=source,
     )
-    report.update(method=method.name, hyperparameters=method.hparams, data=args.data)
+    report.update(method=method.name, hyperparameters=method.hyperparameters(), data=args.data)
     report.update(arch=arch, device=str(device), budget_s_per_run=args.budget_s, runs=runs)
     return report
 
@@ -369,10 +370,10 @@ def main(argv: list[str] | None = None) -> int:
             except OSError as e:
                 raise UsageError(f"cannot write --calibrate {target}: {e.strerror}") from None
             print(json.dumps(machine) if args.json else f"wrote {args.calibrate}: {machine}")
-            if args.method is None and args.submission is None:
+            if args.method is None and args.submission is None and args.notebook is None:
                 return 0
         report = profile(args)
-    except UsageError as e:
+    except ValueError as e:  # UsageError, and the loader's refusals (bad --method, file)
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.budget_s is not None:

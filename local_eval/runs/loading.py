@@ -39,13 +39,21 @@ import inspect
 import json
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from local_eval.common.errors import UsageError
 from local_eval.common.timing import time_limit
 
-__all__ = ["USER_MODULE_PREFIX", "LoadedMethod", "load_unlearning", "notebook_definitions"]
+__all__ = [
+    "USER_MODULE_PREFIX",
+    "LoadedMethod",
+    "load_unlearning",
+    "notebook_definitions",
+    "parse_hyperparameters",
+    "with_time_limit",
+]
 
 ENTRY_POINT = "unlearning"
 USER_MODULE_PREFIX = "_user_"  # the modules of a --submission file or notebook's definitions
@@ -53,21 +61,49 @@ USER_MODULE_PREFIX = "_user_"  # the modules of a --submission file or notebook'
 
 @dataclass(frozen=True)
 class LoadedMethod:
-    """The function to evaluate and where it came from."""
+    """The function a run calls, where it came from, and the hyperparameters it is given.
+
+    The one wrapper of an ``unlearning`` function: the evaluator, the checkpoint runner and
+    the profiler all call submissions through it.
+    """
 
     fn: Callable
     source: str  # "method:NAME", "file:PATH", "notebook:PATH" or "default:NAME"
     accepts_budget: bool  # whether ``budget_s=`` can be passed
     notes: tuple[str, ...] = field(default=())  # what the notebook rule skipped, say
+    overrides: Mapping[str, object] = field(default_factory=dict)  # keyword hyperparameters
 
     def __call__(self, net, retain, forget, val, *, budget_s: float | None = None):
+        kwargs = dict(self.overrides)
         if self.accepts_budget:
-            return self.fn(net, retain, forget, val, budget_s=budget_s)
-        return self.fn(net, retain, forget, val)
+            kwargs["budget_s"] = budget_s
+        return self.fn(net, retain, forget, val, **kwargs)
+
+    @property
+    def name(self) -> str:
+        """A kit method's name; ``file:NAME`` / ``notebook:NAME`` for user code."""
+        kind, _, where = self.source.partition(":")
+        return f"{kind}:{Path(where).name}" if kind in ("file", "notebook") else where
+
+    def hyperparameters(self) -> dict:
+        """Every keyword-only hyperparameter the call uses: its defaults, then the overrides."""
+        try:
+            params = inspect.signature(self.fn).parameters.values()
+        except (TypeError, ValueError):
+            params = ()
+        defaults = {
+            p.name: p.default
+            for p in params
+            if p.kind is p.KEYWORD_ONLY and p.name != "budget_s" and p.default is not p.empty
+        }
+        return {**defaults, **self.overrides}
 
     def describe(self) -> dict:
         """Where it came from and what defines it (JSON-able, for reports and shards)."""
-        return {"source": self.source, "notes": list(self.notes), "identity": self.identity()}
+        described = {"source": self.source, "notes": list(self.notes), "identity": self.identity()}
+        if self.overrides:  # (absent without overrides: earlier shards' identities hold)
+            described["overrides"] = {k: repr(v) for k, v in self.overrides.items()}
+        return described
 
     def identity(self) -> dict:
         """What defines the function wherever its file lies: the kind of source, the method
@@ -92,13 +128,30 @@ class LoadedMethod:
         return {"kind": kind, "name": where, "code_sha256": digest}
 
 
+def parse_hyperparameters(pairs: Sequence[str]) -> dict:
+    """``["lr=0.01", "epochs=2"]`` (``--hp`` options) -> ``{"lr": 0.01, "epochs": 2}``:
+    Python literals, else the bare string."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"--hp expects NAME=VALUE, got {pair!r}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
 def load_unlearning(
     *,
     method: str | None = None,
     submission: str | Path | None = None,
     notebook: str | Path | None = None,
+    hyperparameters: Mapping[str, object] | None = None,
 ) -> LoadedMethod:
-    """The ``unlearning`` function named by at most one of the three sources."""
+    """The ``unlearning`` function named by at most one of the three sources, to be called
+    with ``hyperparameters`` (keyword arguments it must accept; checked here)."""
     given = [
         name
         for name, v in (("method", method), ("submission", submission), ("notebook", notebook))
@@ -121,7 +174,27 @@ def load_unlearning(
         import submission as kit
 
         fn, source = kit.unlearning, f"default:{kit.DEFAULT_METHOD}"
-    return LoadedMethod(fn, source, _accepts_budget(fn), notes)
+    overrides = dict(hyperparameters or {})
+    _check_hyperparameters(fn, overrides, source)
+    return LoadedMethod(fn, source, _accepts_budget(fn), notes, overrides)
+
+
+def _check_hyperparameters(fn: Callable, overrides: Mapping, source: str) -> None:
+    if not overrides:
+        return
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    unknown = [k for k in overrides if k not in params and not takes_any]
+    if unknown or "budget_s" in overrides:
+        known = [k for k, p in params.items() if p.kind is p.KEYWORD_ONLY and k != "budget_s"]
+        name = source.partition(":")[2] or source
+        raise UsageError(
+            f"{name} has no hyperparameter {', '.join(unknown) or 'budget_s (use --budget-s)'}; "
+            f"its hyperparameters: {', '.join(known) or '(none)'}"
+        )
 
 
 def _sha256_files(paths: list[Path], root: Path | None = None) -> str:

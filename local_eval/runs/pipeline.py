@@ -35,10 +35,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from local_eval.data.setup import DataSetup, load_setup, make_loader
+from local_eval.data.setup import DataSetup, load_setup
 from local_eval.runs.backends import BACKENDS, open_backend
 from local_eval.runs.jobs import ROLES, WHOLE, Job, Shard, assemble, evaluation_jobs, model_seed
 from local_eval.runs.loading import LoadedMethod
+from local_eval.runs.unlearning import SubmissionError, run_seed, unlearn
 from local_eval.runs.workers import resolve_device, resolve_threads, resolve_workers
 from local_eval.training.batched import (
     DEFAULT_GROUP,
@@ -47,10 +48,9 @@ from local_eval.training.batched import (
     train_new_models_batched,
 )
 from local_eval.training.cache import ModelCache, digest_tensors
-from local_eval.training.models import build_model, default_arch
+from local_eval.training.models import default_arch
 from local_eval.training.signals import EvalSignals, ModelRecord, model_record
 from local_eval.training.train import Recipe, default_recipe, get_recipe, train_new_model
-from submission.devices import synchronize
 from submission.loop import warm_up
 
 __all__ = [
@@ -68,13 +68,6 @@ __all__ = [
     "run_shard",
     "train_record",
 ]
-
-LOADER_BATCH = 64  # the competition template's loaders
-
-
-class SubmissionError(ValueError):
-    """The evaluated ``unlearning`` raised, or returned something that cannot be scored."""
-
 
 @dataclass(frozen=True)
 class EvalConfig:
@@ -560,69 +553,29 @@ def unlearning_run(
     device: str,
     budget_s: float | None,
 ) -> ModelRecord:
-    """One backend call: run ``index`` of the submission, checked, as a record."""
-    from local_eval.common.errors import RunTimeout
-    from submission.seeding import seed_everything
-
-    seed = model_seed(setup.seed, "unlearning", index)
-    where = f"unlearning run {index + 1}/{n} (seed {seed})"
+    """One backend call: run ``index`` of the submission (``local_eval.runs.unlearning``),
+    checked, as a record."""
     warm_up(device)  # the CUDA context and handles must not eat the first run's budget
-    net = _fresh_model(arch, setup, original, device)
-    seed_everything(seed)
-    loaders = [
-        make_loader(s, batch_size=LOADER_BATCH, shuffle=True)
-        for s in (setup.retain, setup.forget, setup.val)
-    ]
-    start = time.perf_counter()
+    seed = run_seed(setup.seed, index)
+    where = f"unlearning run {index + 1}/{n} (seed {seed})"
+    run = unlearn(
+        method,
+        setup,
+        arch=arch,
+        original=original,
+        index=index,
+        device=device,
+        budget_s=budget_s,
+        where=where,
+    )
     try:
-        out = method(net, *loaders, budget_s=budget_s)
-    except RunTimeout as exc:
-        raise RunTimeout(f"{where} {exc}") from None
-    except Exception as exc:
-        raise SubmissionError(f"{where} raised {type(exc).__name__}: {exc}") from exc
-    synchronize(device)  # the run's queued GPU work is part of its time
-    seconds = time.perf_counter() - start
-    model = _check_returned(out, net, original, where)
-    try:
-        record = model_record(model, setup, device=device, seconds=seconds)
+        record = model_record(run.model, setup, device=device, seconds=run.seconds)
     except Exception as exc:
         raise SubmissionError(
             f"{where}: evaluating the returned model raised {type(exc).__name__}: {exc}"
         ) from exc
     _check_logits(record, setup, where)
     return record
-
-
-def _fresh_model(arch: str, setup: DataSetup, weights: Mapping, device) -> nn.Module:
-    model = build_model(
-        arch,
-        num_classes=setup.num_classes,
-        in_channels=setup.in_channels,
-        image_size=setup.image_size,
-    )
-    model.load_state_dict(weights)
-    return model.to(device).eval()
-
-
-def _check_returned(out, net: nn.Module, original: Mapping, where: str) -> nn.Module:
-    """The competition saves ``net.state_dict()`` and loads it into a fresh model, so the
-    returned model (or ``net`` when ``None`` comes back) must have the original's weights'
-    names and shapes."""
-    model = net if out is None else out
-    if not isinstance(model, nn.Module):
-        raise SubmissionError(f"{where} returned a {type(out).__name__}, not a torch model")
-    state = model.state_dict()
-    wrong = [k for k, v in original.items() if k not in state or state[k].shape != v.shape]
-    extra = [k for k in state if k not in original]
-    if wrong or extra:
-        first = (wrong or extra)[0]
-        got = tuple(state[first].shape) if first in state else "missing"
-        want = tuple(original[first].shape) if first in original else "absent"
-        raise SubmissionError(
-            f"{where} returned a model of another shape: {len(wrong)} weight(s) missing or "
-            f"resized, {len(extra)} extra; e.g. {first!r}: {got} (original: {want})"
-        )
-    return model
 
 
 def _check_logits(record: ModelRecord, setup: DataSetup, where: str) -> None:

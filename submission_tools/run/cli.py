@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from local_eval.common.errors import RunTimeout, UsageError
+from local_eval.common.errors import RunTimeout
 from submission_tools.run.folder import ZIP_NAME
 from submission_tools.run.job import BATCH_SIZE, RunJob
 from submission_tools.run.runner import run_job
@@ -25,6 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--method", help="a registered method name")
     which.add_argument("--submission", help="a Python file defining unlearning(...)")
+    which.add_argument(
+        "--notebook",
+        help="an .ipynb whose code cells define unlearning() (only definitions run, as for "
+        "python -m local_eval --notebook)",
+    )
     p.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--n", type=int, default=512, help="number of checkpoints (default 512)")
     p.add_argument("--budget-h", type=float, default=8.0, help="hours for the whole job")
@@ -53,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run_job(RunJob.from_args(args).check())
-    except UsageError as e:
+    except ValueError as e:  # UsageError, and the loader's refusals (bad --method, file)
         print(f"error: {e}", file=sys.stderr)
         return 2
     except RunTimeout as e:

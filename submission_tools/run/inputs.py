@@ -7,11 +7,11 @@ import torch
 from local_eval.common.checks import check_file, check_state_dict_fits, load_state_dict, non_finite
 from local_eval.common.errors import UsageError
 from local_eval.common.files import sha256_of
-from local_eval.data.setup import load_setup, make_loader
+from local_eval.data.setup import load_setup
+from local_eval.runs.loading import LoadedMethod, load_unlearning, parse_hyperparameters
+from local_eval.runs.unlearning import LOADER_BATCH, SubmissionError, unlearn
 from local_eval.training.models import build_model, default_arch
 from submission.devices import cuda_problem
-from submission.seeding import seed_everything
-from submission_tools.run.method import Method, parse_hparams, resolve_method
 
 
 class SubmissionFailed(UsageError):
@@ -30,7 +30,7 @@ class Inputs:
     arch: str  # resolved: never None
     original: dict
     original_sha: str | None  # None: fresh weights (the profiler without --original)
-    method: Method
+    method: LoadedMethod
     device: torch.device
 
     @property
@@ -43,9 +43,7 @@ def load_inputs(job) -> Inputs:
     errors, no tracebacks). Cheap checks first, so a typo is reported before the data is
     loaded."""
     original_path = check_file(job.original, "original model")
-    method = resolve_method(
-        method=job.method, submission=job.submission, overrides=parse_hparams(job.hp)
-    )
+    method = load_method(job)
     device = parse_device(job.device)
     original = load_state_dict(original_path)
     setup, model, arch = load_setup_and_model(
@@ -53,6 +51,23 @@ def load_inputs(job) -> Inputs:
     )
     check_state_dict_fits(original, model, arch, original_path)
     return Inputs(setup, arch, original, sha256_of(original_path), method, device)
+
+
+def load_method(job) -> LoadedMethod:
+    """The job's ``unlearning`` (``--method``, ``--submission`` or ``--notebook``: exactly
+    one), through the evaluator's loader."""
+    given = [x for x in (job.method, job.submission, job.notebook) if x is not None]
+    if len(given) != 1:
+        raise UsageError("give exactly one of --method NAME, --submission FILE.py or "
+                         "--notebook FILE.ipynb")  # fmt: skip
+    if job.submission is not None:
+        check_file(job.submission, "submission file")
+    return load_unlearning(
+        method=job.method,
+        submission=job.submission,
+        notebook=job.notebook,
+        hyperparameters=parse_hyperparameters(job.hp),
+    )
 
 
 def parse_device(name: str | None) -> torch.device:
@@ -76,49 +91,50 @@ def load_setup_and_model(*, data: str, forget: str | None, seed: int, arch: str 
         raise UsageError(f"cannot load --data {data!r}: {e}") from None
     arch = arch or default_arch(setup.in_channels, setup.image_size)
     try:
-        model = fresh_model(setup, arch)
+        model = build_model(
+            arch,
+            num_classes=setup.num_classes,
+            in_channels=setup.in_channels,
+            image_size=setup.image_size,
+        )
     except (ValueError, KeyError) as e:
         raise UsageError(f"cannot build --arch {arch!r}: {e}") from None
     return setup, model, arch
 
 
-def fresh_model(setup, arch: str) -> torch.nn.Module:
-    return build_model(
-        arch,
-        num_classes=setup.num_classes,
-        in_channels=setup.in_channels,
-        image_size=setup.image_size,
-    )
-
-
 def run_once(
-    inputs: Inputs, *, run_seed: int, budget_s: float | None, batch_size: int, debug: bool = False
+    inputs: Inputs,
+    *,
+    index: int,
+    budget_s: float | None,
+    batch_size: int = LOADER_BATCH,
+    debug: bool = False,
 ) -> dict:
-    """One unlearning run from the original weights; returns a CPU state dict."""
-    setup = inputs.setup
-    seed_everything(run_seed)
-    loaders = [
-        make_loader(split, batch_size=batch_size, shuffle=True, seed=run_seed)
-        for split in (setup.retain, setup.forget, setup.val)
-    ]
-    net = fresh_model(setup, inputs.arch)
-    net.load_state_dict(inputs.original)
-    net.to(inputs.device)
-    where = f"unlearning run with seed {run_seed}"
+    """Run ``index`` of the job (``local_eval.runs.unlearning.unlearn``: the evaluator's
+    run ``index``); returns the returned model's weights as a CPU state dict."""
     try:
-        inputs.method(net, *loaders, budget_s=budget_s)
-    except Exception as e:
-        if debug:
-            raise
+        run = unlearn(
+            inputs.method,
+            inputs.setup,
+            arch=inputs.arch,
+            original=inputs.original,
+            index=index,
+            device=inputs.device,
+            budget_s=budget_s,
+            batch_size=batch_size,
+        )
+    except SubmissionError as exc:
+        if debug and exc.__cause__ is not None:
+            raise exc.__cause__ from None
         raise SubmissionFailed(
-            f"{where} raised {type(e).__name__}: {e}; fix {inputs.method.name} "
-            "(--debug shows the traceback)"
+            f"{exc}; fix {inputs.method.name} (--debug shows the traceback)"
         ) from None
-    state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+    state = {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()}
     bad = non_finite(state)
     if bad:
         raise SubmissionFailed(
-            f"{where} left NaN/inf weights in {', '.join(bad[:3])}"
-            f"{' (+more)' if len(bad) > 3 else ''}: its model gives NaN logits; nothing saved"
+            f"unlearning run {index} (seed {run.seed}) left NaN/inf weights in "
+            f"{', '.join(bad[:3])}{' (+more)' if len(bad) > 3 else ''}: its model gives NaN "
+            "logits; nothing saved"
         )
     return state

@@ -14,6 +14,9 @@ from local_eval.common.shard_text import split_shard
 
 BATCH_SIZE = 64  # the competition template's loaders
 SHARE_OF_BUDGET = 0.9  # per-run share of the even split; the rest pays for saving and loading
+# How checkpoint j is seeded (local_eval.runs.unlearning): recorded, so that a folder written
+# under another rule (earlier kits: seed + j) is never resumed as if it were this job's.
+RUN_SEEDS = "model_seed(seed, 'unlearning', j), loaders seeded alike"
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -35,6 +38,7 @@ class RunJob:
     out: Path
     method: str | None = None
     submission: Path | None = None
+    notebook: Path | None = None
     hp: tuple[str, ...] = ()
     forget: str | None = None
     arch: str | None = None  # None: chosen by the data (see :meth:`with_arch`)
@@ -53,7 +57,7 @@ class RunJob:
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in vars(args).items() if k in names}
         values["hp"] = tuple(values.get("hp") or ())
-        for key in ("original", "out", "submission"):
+        for key in ("original", "out", "submission", "notebook"):
             if values.get(key) is not None:
                 values[key] = Path(values[key])
         return cls(**values)
@@ -80,6 +84,10 @@ class RunJob:
         return dataclasses.replace(self, arch=arch)
 
     @property
+    def user_code(self) -> Path | None:
+        return self.submission or self.notebook
+
+    @property
     def shard_of(self) -> tuple[int, int]:
         return parse_shard(self.shard)
 
@@ -103,12 +111,13 @@ class RunJob:
         return {
             **shard,
             "method": method.name,
-            "hyperparameters": {k: repr(v) for k, v in method.hparams.items()},
+            "hyperparameters": {k: repr(v) for k, v in method.hyperparameters().items()},
+            "run_seeds": RUN_SEEDS,
             "seed": self.seed,
             "data": self.data,
             "forget": self.forget,
             "arch": self.arch,
             "original_sha256": original_sha,
-            "submission_sha256": sha256_of(self.submission) if self.submission else None,
+            "submission_sha256": sha256_of(self.user_code) if self.user_code else None,
             "data_fingerprint": fingerprint,
         }

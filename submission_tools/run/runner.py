@@ -7,6 +7,8 @@ import time
 
 from local_eval.common.files import atomic_write_json, check_out_folder
 from local_eval.common.timing import time_limit
+from local_eval.runs.loading import LoadedMethod
+from local_eval.runs.unlearning import run_seed
 from submission.loop import warm_up
 from submission_tools.run.budget import BudgetWatch, duration
 from submission_tools.run.folder import (
@@ -22,7 +24,6 @@ from submission_tools.run.folder import (
 )
 from submission_tools.run.inputs import Inputs, load_inputs, run_once
 from submission_tools.run.job import RunJob
-from submission_tools.run.method import Method
 
 
 def progress_bar(total: int, initial: int):
@@ -74,13 +75,13 @@ def run_locked(job: RunJob, inputs: Inputs) -> int:
         kept = len(mine) - len(todo)
         print(f"resuming: {kept} valid checkpoints kept, {len(todo)} to do", file=sys.stderr)
     budget_s = job.per_run_budget()
-    prior = budget_s if inputs.method.takes_budget else 0.0
+    prior = budget_s if inputs.method.accepts_budget else 0.0
     watch = BudgetWatch(job.budget_h * 3600, len(todo), prior_s=prior)
     print(startup_note(job, budget_s, len(todo), inputs.method), file=sys.stderr)
 
-    def run(seed: int) -> dict:
+    def run(index: int) -> dict:
         return run_once(
-            inputs, run_seed=seed, budget_s=budget_s, batch_size=job.batch_size, debug=job.debug
+            inputs, index=index, budget_s=budget_s, batch_size=job.batch_size, debug=job.debug
         )
 
     if todo and watch.can_start():
@@ -88,7 +89,7 @@ def run_locked(job: RunJob, inputs: Inputs) -> int:
         # eat the first checkpoint's budget (its method would then do almost nothing).
         warm_up(inputs.device)
         with job_time_limit(watch, "the warm-up run"):
-            run(job.seed)
+            run(todo[0])
     with progress_bar(len(mine), len(mine) - len(todo)) as bar:
         for i in todo:
             if not watch.can_start():
@@ -96,9 +97,10 @@ def run_locked(job: RunJob, inputs: Inputs) -> int:
                 return stop_for_budget(job, watch, manifest)
             start = time.perf_counter()
             with job_time_limit(watch, f"run {i}"):
-                state = run(job.seed + i)
+                state = run(i)
             seconds = time.perf_counter() - start  # the run itself; saving is overhead
-            record = {"seconds": round(seconds, 4), "seed": job.seed + i, "budget_s": budget_s}
+            seed = run_seed(inputs.setup.seed, i)
+            record = {"seconds": round(seconds, 4), "seed": seed, "budget_s": budget_s}
             save_checkpoint(out, manifest, i, state, **record)
             warning = watch.record(seconds)
             if bar is not None:
@@ -123,9 +125,9 @@ def job_time_limit(watch: BudgetWatch, what: str):
     )
 
 
-def startup_note(job: RunJob, budget_s: float, todo: int, method: Method) -> str:
+def startup_note(job: RunJob, budget_s: float, todo: int, method: LoadedMethod) -> str:
     note = f"{method.name}: {todo} runs to do, {budget_s:.2f} s budget per run"
-    if not method.takes_budget:
+    if not method.accepts_budget:
         note += " (ignored: this unlearning() takes no budget_s)"
     needed = todo * budget_s
     if job.budget_s is not None and needed > job.budget_h * 3600:

@@ -2,6 +2,7 @@
 
 import json
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,11 +10,13 @@ import torch
 from local_eval.common.checks import check_state_dict_fits
 from local_eval.common.errors import UsageError
 from local_eval.common.files import sha256_of
+from local_eval.runs.loading import parse_hyperparameters
 from submission_tools.run import folder as run
 from submission_tools.run.budget import BudgetWatch
 from submission_tools.run.cli import main
 from submission_tools.run.folder import lock_folder, valid_checkpoints, write_zip
-from submission_tools.run.method import parse_hparams, resolve_method
+from submission_tools.run.inputs import load_method
+from submission_tools.run.job import RunJob
 from tests.submission.conftest import TinyNet
 
 
@@ -53,46 +56,53 @@ def test_long_key_lists_are_shortened():
         check_state_dict_fits({}, TinyNet(), "tiny", "orig.pth")
 
 
-def test_parse_hparams_reads_python_literals():
-    assert parse_hparams(["lr=0.01", "epochs=2", "name=abc", "flag=True"]) == {
+def test_parse_hyperparameters_reads_python_literals():
+    assert parse_hyperparameters(["lr=0.01", "epochs=2", "name=abc", "flag=True"]) == {
         "lr": 0.01,
         "epochs": 2,
         "name": "abc",
         "flag": True,
     }
     with pytest.raises(UsageError, match="NAME=VALUE"):
-        parse_hparams(["lr"])
+        parse_hyperparameters(["lr"])
 
 
-def test_resolve_method_fills_defaults_and_overrides():
-    method = resolve_method(method="scrub", submission=None, overrides={"epochs": 1})
-    assert method.name == "scrub" and method.takes_budget
-    assert method.hparams["epochs"] == 1 and method.hparams["msteps"] == 2
-    assert "budget_s" not in method.hparams
+def job_of(**kwargs) -> RunJob:
+    return RunJob(data="digits", original=Path("orig.pth"), out=Path("out"), **kwargs)
 
 
-def test_resolve_method_errors_are_clear():
-    with pytest.raises(UsageError, match=r"known methods: .*finetune"):
-        resolve_method(method="nope", submission=None, overrides={})
+def test_the_method_gets_its_defaults_and_overrides():
+    method = load_method(job_of(method="scrub", hp=("epochs=1",)))
+    assert method.name == "scrub" and method.accepts_budget
+    hyperparameters = method.hyperparameters()
+    assert hyperparameters["epochs"] == 1 and hyperparameters["msteps"] == 2
+    assert "budget_s" not in hyperparameters
+    assert job_of(method="scrub").identity(method, "sha", "fp")["hyperparameters"]["epochs"] == "1"
+
+
+def test_method_errors_are_clear():
+    with pytest.raises(ValueError, match=r"known methods: .*finetune"):
+        load_method(job_of(method="nope"))
     with pytest.raises(UsageError, match="no hyperparameter lrr; its hyperparameters: epochs"):
-        resolve_method(method="finetune", submission=None, overrides={"lrr": 1})
+        load_method(job_of(method="finetune", hp=("lrr=1",)))
     with pytest.raises(UsageError, match="exactly one"):
-        resolve_method(method=None, submission=None, overrides={})
+        load_method(job_of())
 
 
 def test_user_submission_file(tmp_path):
     good = tmp_path / "mine.py"
     good.write_text("def unlearning(net, retain, forget, val):\n    return net\n")
-    method = resolve_method(method=None, submission=str(good), overrides={})
-    assert method.name == "file:mine.py" and not method.takes_budget and method.hparams == {}
+    method = load_method(job_of(submission=good))
+    assert method.name == "file:mine.py" and not method.accepts_budget
+    assert method.hyperparameters() == {}
     net = TinyNet()
     assert method(net, [], [], [], budget_s=1.0) is net
     bad = tmp_path / "bad.py"
     bad.write_text("x = 1\n")
-    with pytest.raises(UsageError, match="defines no function named 'unlearning'"):
-        resolve_method(method=None, submission=str(bad), overrides={})
+    with pytest.raises(ValueError, match="defines no function 'unlearning'"):
+        load_method(job_of(submission=bad))
     with pytest.raises(UsageError, match="submission file not found"):
-        resolve_method(method=None, submission=str(tmp_path / "missing.py"), overrides={})
+        load_method(job_of(submission=tmp_path / "missing.py"))
 
 
 def test_budget_watch_projects_warns_and_refuses():

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from local_eval.runs.unlearning import run_seed
 from local_eval.training.models import build_model
 from submission_tools.run import folder as run_folder
 from submission_tools.run.cli import build_parser, main
@@ -64,7 +65,7 @@ def assert_complete(out: Path, n: int, original: Path):
     for i, name in enumerate(names):
         entry = manifest["checkpoints"][str(i)]
         assert entry["file"] == name and entry["sha256"] == sha(out / name)
-        assert entry["seed"] == i and entry["seconds"] > 0
+        assert entry["seed"] == run_seed(0, i) and entry["seconds"] > 0
         state = torch.load(out / name, weights_only=True)
         digits_model().load_state_dict(state)  # strict: keys and shapes fit the architecture
         assert any(not torch.equal(state[k], reference[k]) for k in reference)
@@ -115,7 +116,7 @@ def test_resume_after_sigkill_ends_with_exactly_n_valid_checkpoints(original, tm
     job = RunJob.from_args(build_parser().parse_args(args[3:]))
     inputs = load_inputs(job)
     for i in (0, 1, n - 1):
-        expected = run_once(inputs, run_seed=i, budget_s=None, batch_size=job.batch_size)
+        expected = run_once(inputs, index=i, budget_s=None, batch_size=job.batch_size)
         got = torch.load(out / f"unlearned_checkpoint_{i}.pth", weights_only=True)
         assert all(torch.equal(got[k], expected[k]) for k in expected), i
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from local_eval.reporting.report import build_report
-from local_eval.runs import pipeline
+from local_eval.runs import pipeline, unlearning
 from local_eval.runs.loading import LoadedMethod, load_unlearning
 from local_eval.runs.pipeline import EvalConfig, SubmissionError, run_evaluation
 from local_eval.training.cache import ModelCache
@@ -215,8 +215,8 @@ def test_an_unlearning_run_is_timed_to_the_end_of_its_device_work(monkeypatch):
         return net
 
     monkeypatch.setattr(pipeline, "warm_up", lambda device: events.append(f"warm {device}"))
-    monkeypatch.setattr(pipeline, "synchronize", lambda device: events.append(f"sync {device}"))
-    monkeypatch.setattr(pipeline, "time", types.SimpleNamespace(perf_counter=clock))
+    monkeypatch.setattr(unlearning, "synchronize", lambda device: events.append(f"sync {device}"))
+    monkeypatch.setattr(unlearning, "time", types.SimpleNamespace(perf_counter=clock))
     net = build_model("smallcnn", num_classes=10, in_channels=1, image_size=8)
     record = pipeline.unlearning_run(
         setup,
