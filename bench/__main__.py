@@ -1,19 +1,32 @@
-"""All benchmarks in one run, one table: ``python -m bench [--quick] [--only NAMES]``.
+"""All benchmarks in one run, one table: ``python -m bench [--quick] [--only NAMES]
+[--markdown [PATH]]``.
 
 ``--quick`` shrinks every benchmark (a smoke run in about a minute on 2 CPU cores, whose
-figures are indicative only); without it each runs at its own default size.
+figures are indicative only); without it each runs at its own default size. ``--markdown``
+also writes the results as a Markdown page (default ``docs/benchmarks.md``): what ran, on
+which machine, at which commit, and the figures, written only once every benchmark has
+finished (a failed run leaves the previous page as it was).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
+import shlex
 import sys
 import tempfile
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 from bench import batched_training, evaluator, metric, resnet18, scale
+from local_eval.common.files import atomic_write_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PAGE = ROOT / "docs" / "benchmarks.md"  # --markdown without a value
 
 SIZES = {  # (full, quick)
     "metric": ({"n_models": 512, "n_examples": 1000}, {"n_models": 64, "n_examples": 200}),
@@ -139,8 +152,45 @@ RUNNERS = {
     "resnet18": run_resnet18,
 }
 
+# One sentence per benchmark for the Markdown page: what it measures, and what its ratio is
+# against (each module's docstring has the details).
+DESCRIPTIONS = {
+    "metric": (
+        "The fast scorer (`local_eval.scoring.metric`) on the whole N x E matrix of synthetic "
+        "confidences; the ratio's baseline is the rule-by-rule transcription "
+        "(`local_eval.scoring.metric_naive`), timed per example on a slice of the same data in "
+        "the same run after checking that both give identical epsilons."
+    ),
+    "evaluator": (
+        "The default main job (`python -m local_eval` on digits) end to end, first with an "
+        "empty model cache (cold: every reference and floor model trained), then warm (only "
+        "the submission's runs, scoring and the report left); there is no ratio, the warm "
+        "run is read against the cold one."
+    ),
+    "batched_training": (
+        "Reference models per minute of the batched trainer (`local_eval.training.batched`) "
+        "on the digits retain set with the `fast_smallcnn` recipe; the ratio's baseline is the "
+        "plain loop training the same seeds one model at a time, in rounds interleaved with "
+        "the batched ones in the same run."
+    ),
+    "scale": (
+        "What an N-model evaluation costs, measured through the shard mechanism: one real "
+        "shard (seconds per training and per unlearning run, projected to all 4N jobs on one "
+        "core) and `merge` of K shards made from its records, at N and at N = 32, each in a "
+        "fresh process; there is no ratio row, the merge at N = 32 (the default size) is "
+        "what the merge at N is read against."
+    ),
+    "resnet18": (
+        "ResNet-18 references on 32x32 images with the evaluator's `cifar_kit` recipe and "
+        "trainer, and one run of the kit's default unlearning method: measured at full size "
+        "on a GPU, estimated from a reduced run on a CPU (the rows say which); the N = 512 "
+        "hours are projected from the two, one job at a time, and there is no ratio."
+    ),
+}
+
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="reduced sizes (smoke run)")
     parser.add_argument(
@@ -148,22 +198,147 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAMES",
         help=f"comma-separated benchmarks to run, of: {', '.join(RUNNERS)} (default: all)",
     )
+    parser.add_argument(
+        "--markdown",
+        nargs="?",
+        const=DEFAULT_PAGE,
+        type=Path,
+        metavar="PATH",
+        help="also write the results as a Markdown page to PATH (without PATH: "
+        "docs/benchmarks.md), once every benchmark has finished",
+    )
     args = parser.parse_args(argv)
     names = selected(args.only, parser)
-    rows = []
+    header = None
+    if args.markdown is not None:
+        check_page_path(args.markdown, parser)
+        # the code that runs is the code of this moment: read before the benchmarks start
+        header = {
+            "command": command_line(argv),
+            "commit": kit_commit(),
+            "date": datetime.now(timezone.utc),
+            "quick": args.quick,
+            **machine(),
+        }
+
+    start = time.perf_counter()
+    results: dict[str, list[tuple[str, str]]] = {}
     for name in names:
         size = SIZES[name][1 if args.quick else 0]
-        new = [(name, what, value) for what, value in RUNNERS[name](size)]
+        try:
+            results[name] = RUNNERS[name](size)
+        except BaseException:
+            if args.markdown is not None:
+                print(
+                    f"bench: {name} failed; {args.markdown} was not written (a page there "
+                    "is as it was)",
+                    file=sys.stderr,
+                )
+            raise
         # each benchmark's figures as soon as they exist (stderr): a run cut short by a
         # time limit still says what it measured
-        for row in new:
-            print(" | ".join(row), file=sys.stderr, flush=True)
-        rows += new
+        for what, value in results[name]:
+            print(f"{name} | {what} | {value}", file=sys.stderr, flush=True)
+    wall_s = time.perf_counter() - start
+
+    rows = [(name, what, value) for name, new in results.items() for what, value in new]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     print(f"benchmarks ({'quick' if args.quick else 'full'} sizes)")
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    if header is not None:
+        header["wall_s"] = wall_s
+        atomic_write_bytes(args.markdown, markdown_page(header, results).encode())
+        print(f"wrote {args.markdown}", file=sys.stderr)
     return 0
+
+
+def check_page_path(path: Path, parser: argparse.ArgumentParser) -> None:
+    """Refuse a page path that cannot be written before the benchmarks spend their minutes."""
+    if path.is_dir():
+        parser.error(f"--markdown: {path} is a folder; give a file name such as {path}/bench.md")
+    if not path.parent.is_dir():
+        parser.error(
+            f"--markdown: the folder {path.parent} does not exist; create it or choose another"
+        )
+
+
+def command_line(argv: list[str]) -> str:
+    """The command as typed, with ``OMP_NUM_THREADS`` when it is set (it changes timings)."""
+    threads = os.environ.get("OMP_NUM_THREADS")
+    prefix = f"OMP_NUM_THREADS={shlex.quote(threads)} " if threads is not None else ""
+    return prefix + shlex.join(["python", "-m", "bench", *argv])
+
+
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo``, else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine() -> dict[str, str]:
+    """The machine the figures belong to: CPU, cores, torch, the device (and GPU) used."""
+    cuda = torch.cuda.is_available()
+    return {
+        "cpu": cpu_model(),
+        "cores": str(os.cpu_count() or "unknown"),
+        "torch": torch.__version__,
+        "torch_threads": str(torch.get_num_threads()),
+        "device": f"cuda ({torch.cuda.get_device_name(0)})" if cuda else "cpu (no CUDA device)",
+    }
+
+
+def kit_commit() -> str:
+    """The kit's commit, and whether the checkout differs from it."""
+    from local_eval.common.provenance import git_dirty, versions
+
+    commit = versions()["kit_commit"]
+    if commit is None:
+        return "unknown (not a git checkout, or git is missing)"
+    dirty = git_dirty()
+    if dirty is None:
+        return f"{commit} (whether there were uncommitted changes is unknown)"
+    return f"{commit} with uncommitted changes" if dirty else commit
+
+
+def markdown_page(header: dict, results: dict[str, list[tuple[str, str]]]) -> str:
+    """The page: what it is, how and where it was made, then one section per benchmark."""
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `python -m bench`; do not edit by hand, run the command again instead. "
+        "Each benchmark's module in `bench/` says what it measures and why.",
+        "",
+    ]
+    if header["quick"]:
+        lines += [
+            "**A quick smoke run** (`--quick`: every benchmark at reduced size): its figures "
+            "are indicative only.",
+            "",
+        ]
+    lines += [
+        f"- command: `{header['command']}`",
+        f"- machine: {header['cpu']}, {header['cores']} cores; torch {header['torch']} "
+        f"({header['torch_threads']} threads at the start); device {header['device']}",
+        f"- date: {header['date']:%Y-%m-%d %H:%M} UTC (start; the run took "
+        f"{header['wall_s'] / 60:.1f} min)",
+        f"- kit commit: {header['commit']}",
+    ]
+    for name, rows in results.items():
+        lines += ["", f"## {name}", "", DESCRIPTIONS[name], "", "| measure | value |", "|---|---|"]
+        lines += [f"| {md_cell(what)} | {md_cell(value)} |" for what, value in rows]
+    return "\n".join(lines) + "\n"
+
+
+def md_cell(text: str) -> str:
+    """Text safe inside a Markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def selected(only: str | None, parser: argparse.ArgumentParser) -> list[str]:

@@ -12,21 +12,20 @@ initialisation counts for neither. Prints models per minute of each, their ratio
 trained.
 
 The machine's speed drifts while it runs (other processes, the hypervisor taking the CPU:
-the plain loop alone varied from 100 to 160 models/min between runs here), so the two
+the plain loop alone runs at quite different speeds from one run to the next), so the two
 trainers are measured in ``rounds`` interleaved rounds, each on ``models`` new seeds, and
-each trainer goes first in half of them, so that an order effect cannot favour one (in
-three early 3-round runs the plain-first rounds came out 0.2-1.7 ratio points higher; over
-the twenty rounds of five 4-round runs both orders averaged 4.02x). The ratio is of the
-summed seconds; the rounds' own ratios and
-the share of CPU time the hypervisor took (``steal``, from ``/proc/stat``) are printed
-beside it, to show how steady the machine was.
+each trainer goes first in half of them, so that an order effect cannot favour one (early
+runs with an odd number of rounds showed one; over longer runs the two orders averaged the
+same ratio). The ratio is of the summed seconds; the rounds' own ratios and the
+share of CPU time the hypervisor took (``steal``, from ``/proc/stat``) are printed beside
+it, to show how steady the machine was.
 
 ``--threads T`` is ``torch.set_num_threads(T)`` for both: the plain loop uses T intra-op
 threads, the batched trainer trains up to T groups at once, one thread each (see
 ``local_eval.training.batched._lanes``). The goal is for ``--threads 2`` (the default) on an
 otherwise idle 2-core machine: with another job on one of the cores, the plain loop's two
-OpenMP threads wait on each other (measured: 13 models/min instead of ~120) and the ratio
-means nothing.
+OpenMP threads wait on each other (it slows down many times over) and the ratio means
+nothing.
 """
 
 from __future__ import annotations

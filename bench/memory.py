@@ -4,9 +4,10 @@ Why not ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` alone: it is the peak over
 process's whole life, so in ``python -m bench`` every benchmark after the biggest one would
 report that one's peak; and Linux carries it over ``fork`` + ``exec``, so a child process
 started from a large parent reports at least the parent's size (the scale benchmark's
-children all read 875 MB that way, their own peaks being smaller). On Linux the kernel's
-high-water mark of the process's own memory (``VmHWM`` in ``/proc/self/status``) is reset by
-writing 5 to ``/proc/self/clear_refs``, which gives the peak of just the code in between.
+children all read their parent's size that way, their own peaks being smaller). On Linux
+the kernel's high-water mark of the process's own memory (``VmHWM`` in
+``/proc/self/status``) is reset by writing 5 to ``/proc/self/clear_refs``, which gives the
+peak of just the code in between.
 Elsewhere (or where that file cannot be written) the figure falls back to ``ru_maxrss`` and
 says so (``PeakRSS.scope``).
 """

@@ -5,7 +5,7 @@
 Prints the seconds for the whole ``(N, E)`` matrix, ms per example, and the speed ratio to
 the straightforward implementation measured on a slice of the same data, after checking that
 both give identical epsilons on that slice. Goal (issue): N = 512 x E = 1000 in <= 10 s on
-2 CPU cores (stretch: 2 s); the organisers' code needs 4-7 s per example there.
+2 CPU cores (stretch: 2 s); the organisers' code needs seconds per example.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""``python -m notebooks build (--method NAME | --submission FILE.py) --out FILE.ipynb``: a
-self-contained Kaggle submission notebook.
+"""``python -m notebooks build [--method NAME | --submission FILE.py] --out FILE.ipynb``: a
+self-contained Kaggle submission notebook (of the kit's default method unless told otherwise).
 
 ``python -m notebooks build-eval --out FILE.ipynb [--dataset digits] [--method NAME]
 [--n-models N]``: a notebook running the local evaluator (``local_eval``) next to the kit and
@@ -31,8 +31,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m notebooks", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="a self-contained Kaggle submission notebook")
-    source = build.add_mutually_exclusive_group(required=True)
-    source.add_argument("--method", help="a registered method (submission.METHODS)")
+    source = build.add_mutually_exclusive_group()
+    source.add_argument(
+        "--method", help="a registered method (submission.METHODS; default: the kit's own)"
+    )
     source.add_argument("--submission", metavar="FILE.py",
                         help="a file defining unlearning(net, retain, forget, val)")
     build.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
@@ -59,7 +61,8 @@ def main(argv=None) -> int:
     if out is None:
         return 2
     inlined = ", ".join(nb.metadata["unlearning_kit"]["inlined"])
-    print(f"wrote {out} (inlined: {inlined})")
+    what = f"method {nb.metadata['unlearning_kit'].get('method') or 'from ' + str(args.submission)}"
+    print(f"wrote {out} ({what}; inlined: {inlined})")
     return 0
 
 

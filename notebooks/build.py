@@ -46,17 +46,29 @@ class BuildError(ValueError):
     """The notebook cannot be built; the message says why (nothing is written)."""
 
 
+def _default_method(package: str) -> str:
+    try:
+        return importlib.import_module(package).DEFAULT_METHOD
+    except (ImportError, AttributeError):
+        raise BuildError(
+            f"{package} has no DEFAULT_METHOD: give a method or a submission file"
+        ) from None
+
+
 def build_kaggle_notebook(*, method: str | None = None, submission_file=None,
                           method_kwargs: dict | None = None,
                           package: str = "submission") -> nbformat.NotebookNode:
     """A Kaggle submission notebook for a registered ``method`` of ``package`` (looked up with
     ``package.get_method``) or for a user's ``submission_file`` defining ``unlearning``.
 
+    Neither given: the package's default method (``package.DEFAULT_METHOD``).
     ``method_kwargs`` override the method's keyword defaults (method only). Raises
     :class:`BuildError` when the code cannot be inlined into a self-contained notebook.
     """
-    if (method is None) == (submission_file is None):
-        raise BuildError("give exactly one of method and submission_file")
+    if method is not None and submission_file is not None:
+        raise BuildError("give at most one of method and submission_file")
+    if method is None and submission_file is None:
+        method = _default_method(package)
     if method_kwargs and method is None:
         raise BuildError("method_kwargs apply to a registered method only")
     try:

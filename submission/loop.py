@@ -44,7 +44,7 @@ _WARMED: set[str] = set()  # devices warmed in this process
 def warm_up(device: torch.device | str | None = None) -> None:
     """Pay torch's one-off lazy costs before timing anything, so they do not eat the first
     budgeted call's deadline or inflate the first model's seconds: the first optimizer
-    imports ``torch._dynamo`` (about 2 s on CPU), and on a GPU the first kernels create the
+    imports ``torch._dynamo`` (seconds, on a CPU too), and on a GPU the first kernels create the
     CUDA context and the cuBLAS/cuDNN handles. With ``device``, one training step of a tiny
     convolutional model (convolution, BatchNorm, Linear, Adam) runs there. Once per device
     and process; later calls return at once."""

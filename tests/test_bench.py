@@ -1,21 +1,25 @@
-"""`python -m bench --quick`: every benchmark runs and reports its figures (not timings)."""
+"""`python -m bench --quick`: every benchmark runs and reports its figures (not timings);
+``--markdown`` writes them as a page, whole or not at all."""
 
 import os
 import re
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_quick_bench_runs_every_benchmark_and_prints_its_figures():
+def test_quick_bench_runs_every_benchmark_and_prints_its_figures(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    page = tmp_path / "bench.md"
     out = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick"],
+        [sys.executable, "-m", "bench", "--quick", "--markdown", str(page)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -59,6 +63,19 @@ def test_quick_bench_runs_every_benchmark_and_prints_its_figures():
     assert len(rows[("batched_training", "ratio per round")].split(", ")) == 2
     # every row was also printed as soon as its benchmark finished
     assert [tuple(pair) for pair in streamed] == list(rows)
+    # and the page holds the same rows, one section per benchmark, marked as a smoke run
+    text = page.read_text()
+    assert "**A quick smoke run**" in text
+    assert f"- command: `OMP_NUM_THREADS=1 python -m bench --quick --markdown {page}`" in text
+    assert re.findall(r"^## (\w+)$", text, re.MULTILINE) == [
+        "metric",
+        "evaluator",
+        "batched_training",
+        "scale",
+        "resnet18",
+    ]
+    for (name, what), value in rows.items():
+        assert f"| {what} | {value} |" in text, (name, what)
 
 
 def test_only_runs_the_named_benchmarks_in_the_table_order(monkeypatch, capsys):
@@ -79,6 +96,192 @@ def test_only_runs_the_named_benchmarks_in_the_table_order(monkeypatch, capsys):
     captured = capsys.readouterr()
     assert captured.err.splitlines() == ["metric | seconds | 1.5", "scale | seconds | 1.5"]
     assert captured.out.splitlines()[1:] == ["metric  seconds  1.5", "scale   seconds  1.5"]
+
+
+def fake_runners(monkeypatch, fail: str | None = None) -> list[str]:
+    """Every benchmark replaced by one that returns two rows at once (or, for ``fail``,
+    raises); the names that ran, in order."""
+    import bench.__main__ as bench_main
+
+    ran = []
+
+    def fake(name):
+        def runner(size):
+            ran.append(name)
+            if name == fail:
+                raise RuntimeError(f"{name} broke")
+            return [("seconds", f"{len(name)}.5"), ("a | b", "x")]
+
+        return runner
+
+    monkeypatch.setattr(bench_main, "RUNNERS", {n: fake(n) for n in bench_main.RUNNERS})
+    return ran
+
+
+def test_markdown_page_has_the_header_and_one_section_per_benchmark_run(
+    monkeypatch, tmp_path, capsys
+):
+    import bench.__main__ as bench_main
+    from local_eval.common.provenance import versions
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    ran = fake_runners(monkeypatch)
+    page = tmp_path / "page.md"
+    before = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    assert bench_main.main(["--only", "scale,metric", "--markdown", str(page)]) == 0
+    assert ran == ["metric", "scale"]
+    text = page.read_text()
+    lines = text.splitlines()
+    assert lines[0] == "# Benchmarks"
+    assert "quick" not in text.lower()  # a full-size run says nothing of a smoke run
+
+    fields = dict(line[2:].split(": ", 1) for line in lines if line.startswith("- "))
+    assert (
+        fields["command"] == f"`OMP_NUM_THREADS=2 python -m bench --only scale,metric "
+        f"--markdown {page}`"
+    )
+    cpu = bench_main.cpu_model()
+    assert cpu and cpu != "unknown"
+    assert fields["machine"].startswith(f"{cpu}, {os.cpu_count()} cores; torch {torch.__version__}")
+    device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
+    assert f"; device {device}" in fields["machine"]
+    when = datetime.strptime(fields["date"][:20], "%Y-%m-%d %H:%M UTC").replace(tzinfo=timezone.utc)
+    assert before <= when <= datetime.now(timezone.utc)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC \(start; the run took \d+\.\d min\)",
+                        fields["date"])  # fmt: skip
+    commit = versions()["kit_commit"]
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert fields["kit commit"] == (f"{commit} with uncommitted changes" if dirty else commit)
+
+    # one section per benchmark that ran, in the table's order, each with its sentence and rows
+    assert re.findall(r"^## (\w+)$", text, re.MULTILINE) == ["metric", "scale"]
+    metric_part = text.split("## metric\n", 1)[1].split("## scale\n", 1)[0]
+    assert bench_main.DESCRIPTIONS["metric"] in metric_part
+    assert "| measure | value |\n|---|---|\n| seconds | 6.5 |\n| a \\| b | x |\n" in metric_part
+    assert "| seconds | 5.5 |" in text.split("## scale\n", 1)[1]
+    # the table on stdout is as before, and the page's path is said
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[1] == "metric  seconds  6.5"
+    assert captured.err.splitlines()[-1] == f"wrote {page}"
+
+
+def test_every_benchmark_has_a_sentence_for_the_page():
+    import bench.__main__ as bench_main
+
+    assert set(bench_main.DESCRIPTIONS) == set(bench_main.RUNNERS)
+    for sentence in bench_main.DESCRIPTIONS.values():
+        assert "baseline" in sentence or "no ratio" in sentence
+
+
+def test_markdown_of_a_quick_run_says_its_figures_are_indicative_only(monkeypatch, tmp_path):
+    import bench.__main__ as bench_main
+
+    fake_runners(monkeypatch)
+    page = tmp_path / "quick.md"
+    assert bench_main.main(["--quick", "--only", "evaluator", "--markdown", str(page)]) == 0
+    text = page.read_text()
+    assert "**A quick smoke run** (`--quick`: every benchmark at reduced size): its figures " \
+        "are indicative only." in text  # fmt: skip
+    assert re.findall(r"^## (\w+)$", text, re.MULTILINE) == ["evaluator"]
+
+
+def test_markdown_without_a_path_writes_the_default_page(monkeypatch, tmp_path):
+    import bench.__main__ as bench_main
+
+    assert bench_main.DEFAULT_PAGE == ROOT / "docs" / "benchmarks.md"
+    fake_runners(monkeypatch)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    default = tmp_path / "docs" / "benchmarks.md"
+    default.parent.mkdir()
+    monkeypatch.setattr(bench_main, "DEFAULT_PAGE", default)
+    assert bench_main.main(["--only", "metric", "--markdown"]) == 0
+    text = default.read_text()
+    assert "- command: `python -m bench --only metric --markdown`" in text
+    assert "## metric" in text
+
+
+def test_a_failure_midway_leaves_no_page_and_no_temporary_file(monkeypatch, tmp_path, capsys):
+    import bench.__main__ as bench_main
+
+    ran = fake_runners(monkeypatch, fail="batched_training")
+    page = tmp_path / "page.md"
+    with pytest.raises(RuntimeError, match="batched_training broke"):
+        bench_main.main(["--markdown", str(page)])
+    assert ran == ["metric", "evaluator", "batched_training"]  # it stopped there
+    assert list(tmp_path.iterdir()) == []
+    err = capsys.readouterr().err
+    assert f"bench: batched_training failed; {page} was not written" in err
+    # what had finished was still streamed
+    assert "evaluator | seconds | 9.5" in err
+
+
+def test_a_failed_run_leaves_the_previous_page_untouched(monkeypatch, tmp_path):
+    import bench.__main__ as bench_main
+
+    page = tmp_path / "page.md"
+    page.write_text("# the previous page\n")
+    fake_runners(monkeypatch, fail="resnet18")
+    with pytest.raises(RuntimeError):
+        bench_main.main(["--markdown", str(page)])
+    assert page.read_text() == "# the previous page\n"
+    assert list(tmp_path.iterdir()) == [page]
+
+    # a failure while the page itself is being written: the old page stays, whole, and the
+    # temporary file beside it is gone
+    fake_runners(monkeypatch)
+
+    def broken_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(bench_main.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="No space left"):
+        bench_main.main(["--only", "metric", "--markdown", str(page)])
+    assert page.read_text() == "# the previous page\n"
+    assert list(tmp_path.iterdir()) == [page]
+
+
+def test_markdown_refuses_a_folder_that_does_not_exist_before_running_anything(
+    monkeypatch, tmp_path, capsys
+):
+    import bench.__main__ as bench_main
+
+    ran = fake_runners(monkeypatch)
+    with pytest.raises(SystemExit) as exc:
+        bench_main.main(["--markdown", str(tmp_path / "missing" / "page.md")])
+    assert exc.value.code == 2
+    assert ran == []
+    assert f"the folder {tmp_path / 'missing'} does not exist; create it" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench_main.main(["--markdown", str(tmp_path)])
+    assert "is a folder; give a file name" in capsys.readouterr().err
+
+
+def test_the_commit_line_says_when_the_checkout_has_uncommitted_changes(monkeypatch):
+    import bench.__main__ as bench_main
+    import local_eval.common.provenance as provenance
+
+    monkeypatch.setattr(provenance, "versions", lambda: {"kit_commit": "abc123"})
+    for dirty, line in [
+        (True, "abc123 with uncommitted changes"),
+        (False, "abc123"),
+        (None, "abc123 (whether there were uncommitted changes is unknown)"),
+    ]:
+        monkeypatch.setattr(provenance, "git_dirty", lambda d=dirty: d)
+        assert bench_main.kit_commit() == line
+    monkeypatch.setattr(provenance, "versions", lambda: {"kit_commit": None})
+    assert bench_main.kit_commit().startswith("unknown")
+
+
+def test_the_machine_names_the_gpu_when_cuda_is_there(monkeypatch):
+    import bench.__main__ as bench_main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "NVIDIA H200")
+    assert bench_main.machine()["device"] == "cuda (NVIDIA H200)"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert bench_main.machine()["device"] == "cpu (no CUDA device)"
 
 
 def test_only_refuses_an_unknown_benchmark_naming_the_known_ones(capsys):

@@ -102,9 +102,9 @@ def test_every_numpy_load_refuses_pickles():
                     )
 
 
-def test_local_eval_never_loads_an_original_model_file():
-    """It trains its own original (cached); the stub's original_model.pth is for the runner.
-    The one weights-only loader is common/files.py's (the runner's), beside the cache's."""
+def test_local_eval_loads_weights_through_one_loader():
+    """Every file of weights is read by the one weights-only loader, common/files.py's
+    ``safe_torch_load`` (the cache's entries, originals, checkpoints)."""
     loaders = set()
     for path in (ROOT / "local_eval").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -115,7 +115,7 @@ def test_local_eval_never_loads_an_original_model_file():
                 and getattr(node.func.value, "id", None) == "torch"
             ):
                 loaders.add(path.name)
-    assert loaders == {"cache.py", "files.py"}
+    assert loaders == {"files.py"}
 
 
 @pytest.fixture(scope="module")

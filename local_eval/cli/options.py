@@ -16,10 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from local_eval.common.errors import RunTimeout
+from local_eval.common.errors import RunTimeout, UsageError
 from local_eval.common.files import check_out_folder, folder_lock
 from local_eval.runs.backends import BACKENDS
-from local_eval.runs.loading import load_unlearning, with_time_limit
+from local_eval.runs.checkpoints import open_checkpoints
+from local_eval.runs.loading import load_unlearning, parse_hyperparameters, with_time_limit
 from local_eval.runs.pipeline import EvalConfig
 from local_eval.training.batched import TRAINERS
 from local_eval.training.cache import CACHE_ENV, default_cache_dir
@@ -75,7 +76,7 @@ RECIPE_OPTIONS = (
     Option("weight_decay", "override the recipe's weight decay", float),
 )
 RUN_OPTIONS = (
-    Option("n_models", "models per group", int),
+    Option("n_models", "models per group (default 32; with --checkpoints: as many as given)", int),
     Option(
         "budget_s",
         "seconds per unlearning run, passed as budget_s to methods that take it "
@@ -123,8 +124,11 @@ RUN_OPTIONS = (
 CONFIG_OPTIONS = DATA_OPTIONS + RUN_OPTIONS
 
 
+DEFAULT_LATER = ("n_models",)  # None on the command line: filled in by eval_config
+
+
 def _add(group, option: Option) -> None:
-    default = CONFIG_DEFAULTS.get(option.name)
+    default = None if option.name in DEFAULT_LATER else CONFIG_DEFAULTS.get(option.name)
     shown = "" if default is None or "default" in option.help else f" (default {default})"
     group.add_argument(
         option.flag,
@@ -155,6 +159,27 @@ def build_parser(
             help="an .ipynb whose code cells define unlearning() (only definitions "
             "run: see local_eval.runs.loading)",
         )
+        sub.add_argument(
+            "--hp",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help="a hyperparameter of the method (a Python literal), repeatable",
+        )
+        sub.add_argument(
+            "--checkpoints",
+            type=Path,
+            help="score these unlearned checkpoints instead of running a submission: a folder "
+            "or zip of unlearned_checkpoint_{j}.pth (python -m submission.run or a Kaggle "
+            "notebook wrote them; see local_eval.runs.checkpoints)",
+        )
+    data.add_argument(
+        "--original",
+        type=Path,
+        help="the original model's state dict, which the runs (or the checkpoints) start "
+        "from (default: trained by the recipe and cached; with --checkpoints and "
+        "--dataset kaggle:PATH, PATH/original_model.pth when there)",
+    )
     run = p.add_argument_group("the run")
     for option in RUN_OPTIONS:
         _add(run, option)
@@ -176,12 +201,18 @@ def build_parser(
     return p
 
 
-def eval_config(args: argparse.Namespace) -> EvalConfig:
-    """The :class:`EvalConfig` a command line built by :func:`build_parser` describes."""
+def eval_config(args: argparse.Namespace, *, n_models: int | None = None) -> EvalConfig:
+    """The :class:`EvalConfig` a command line built by :func:`build_parser` describes
+    (``n_models``: the count when ``--n-models`` was not given, e.g. the checkpoints')."""
     overrides = {o.name: getattr(args, o.name) for o in RECIPE_OPTIONS}
+    values = {o.name: getattr(args, o.name) for o in CONFIG_OPTIONS}
+    if values["n_models"] is None:
+        values["n_models"] = n_models or CONFIG_DEFAULTS["n_models"]
+    original = getattr(args, "original", None)
     return EvalConfig(
-        **{o.name: getattr(args, o.name) for o in CONFIG_OPTIONS},
+        **values,
         recipe_overrides={k: v for k, v in overrides.items() if v is not None},
+        original=None if original is None else str(original),
     )
 
 
@@ -218,9 +249,22 @@ def cache_root(args: argparse.Namespace) -> Path | None:
 
 def evaluation_inputs(args: argparse.Namespace):
     """``(config, method, cache root)`` of a command line that evaluates a submission
-    (evaluate, shard): the method loaded (its notes shown) and given its run time limit."""
+    (evaluate, shard): the method loaded (its notes shown) and given its run time limit, or
+    with ``--checkpoints`` the checkpoints to score in its place."""
+    if args.checkpoints is not None:
+        others = [f"--{k}" for k in ("method", "submission", "notebook", "hp") if getattr(args, k)]
+        if others:
+            raise UsageError(f"--checkpoints scores what a submission wrote: drop {others[0]}")
+        checkpoints = open_checkpoints(args.checkpoints, n_models=args.n_models)
+        config = eval_config(args, n_models=len(checkpoints.names))
+        return config, checkpoints, cache_root(args)
     config = eval_config(args)
-    method = load_unlearning(method=args.method, submission=args.submission, notebook=args.notebook)
+    method = load_unlearning(
+        method=args.method,
+        submission=args.submission,
+        notebook=args.notebook,
+        hyperparameters=parse_hyperparameters(args.hp),
+    )
     if not args.quiet:
         for note in method.notes:
             print(f"note: {note}", file=sys.stderr)

@@ -25,30 +25,33 @@ def check_file(path: str | os.PathLike, what: str) -> Path:
     return path
 
 
-def load_state_dict(path: Path) -> dict:
-    if path.is_dir():
-        raise UsageError(f"the original model {path} is a folder; give its .pth file")
+def load_state_dict(path, *, what: str = "the original model", data=None) -> dict:
+    """The state dict in ``path`` (or in ``data``, a file object read in its place, e.g. a zip
+    member named ``path``), loaded weights-only and checked: a dict of finite tensors. Every
+    refusal is a :class:`UsageError` naming ``what`` and ``path``."""
+    if data is None and Path(path).is_dir():
+        raise UsageError(f"{what} {path} is a folder; give its .pth file")
     try:
-        state = safe_torch_load(path)
+        state = safe_torch_load(path if data is None else data)
     except pickle.UnpicklingError:
         raise UsageError(
-            f"refused to load the original model {path}: it holds Python objects other than "
+            f"refused to load {what} {path}: it holds Python objects other than "
             "tensors (a pickle that could run code); give a plain state dict saved with "
             "torch.save(model.state_dict(), path)"
         ) from None
     except Exception as e:  # a corrupt or non-checkpoint file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UsageError(
-            f"cannot read the original model {path}: not a file written by torch.save "
+            f"cannot read {what} {path}: not a file written by torch.save "
             f"({type(e).__name__}: {first})"
         ) from None
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise UsageError(f"{path} is not a state dict (a dict of tensors)")
+        raise UsageError(f"{what} {path} is not a state dict (a dict of tensors)")
     bad = non_finite(state)
     if bad:
         raise UsageError(
-            f"the original model {path} has NaN/inf values in {', '.join(bad[:3])}"
-            f"{' (+more)' if len(bad) > 3 else ''}; give a trained model with finite weights"
+            f"{what} {path} has NaN/inf values in {', '.join(bad[:3])}"
+            f"{' (+more)' if len(bad) > 3 else ''}; give a model with finite weights"
         )
     return state
 
@@ -62,9 +65,9 @@ def non_finite(state: dict) -> list[str]:
     ]
 
 
-def check_state_dict_fits(state: dict, model: torch.nn.Module, arch: str, path) -> None:
-    """Clear error when ``state`` does not match ``model`` (missing/extra keys, shapes)."""
-    expected = model.state_dict()
+def state_dict_problems(state, expected) -> list[str]:
+    """How ``state`` differs from ``expected`` (state dicts): missing keys, unexpected keys,
+    shapes, each with at most three names; empty when they fit."""
     missing = [k for k in expected if k not in state]
     extra = [k for k in state if k not in expected]
     shapes = [
@@ -77,7 +80,16 @@ def check_state_dict_fits(state: dict, model: torch.nn.Module, arch: str, path) 
         if items:
             more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
             problems.append(f"{label}: {', '.join(items[:3])}{more}")
+    return problems
+
+
+def check_state_dict_fits(
+    state: dict, model: torch.nn.Module, arch: str, path, *, what: str = "the original model"
+) -> None:
+    """Clear error when ``state`` (``what`` ``path``) does not match ``model`` (missing or
+    extra keys, shapes)."""
+    problems = state_dict_problems(state, model.state_dict())
     if problems:
         raise UsageError(
-            f"the original model {path} does not fit --arch {arch}: " + "; ".join(problems)
+            f"{what} {path} does not fit --arch {arch}: " + "; ".join(problems)
         )

@@ -4,6 +4,7 @@ import contextlib
 import hashlib
 import json
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -31,14 +32,27 @@ def safe_torch_load(path: Path):
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def atomic_write_bytes(path: Path, write) -> None:
-    """``write(file)`` into ``path.tmp``, flushed to disk, then moved over ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def atomic_write_bytes(path: Path, data) -> None:
+    """``data`` (bytes, or ``data(file)`` writing them) into a temporary file beside ``path``
+    (a name of its own, ``.NAME.*.tmp``, so concurrent writers never share one), flushed to
+    disk, then renamed over ``path``: ``path`` is the old file or the new one, never half of
+    one. On failure the temporary file is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o644)  # what a plain open() gives; mkstemp's is 0600
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                f.write(data)
+            else:
+                data(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_json(path: Path, obj) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["versions"]
+__all__ = ["git_dirty", "versions"]
 
 
 def versions() -> dict:
@@ -26,15 +26,27 @@ def versions() -> dict:
 
 
 def _git_commit() -> str | None:
+    out = _git("rev-parse", "HEAD")
+    return None if out is None else out.strip() or None
+
+
+def git_dirty() -> bool | None:
+    """Whether the kit's checkout has uncommitted changes (``None`` where git cannot say)."""
+    out = _git("status", "--porcelain")
+    return None if out is None else bool(out.strip())
+
+
+def _git(*args: str) -> str | None:
+    """``git ARGS``'s output in the kit's folder, or ``None`` (no git, not a checkout)."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
+            ["git", *args],
             cwd=Path(__file__).parent,
             capture_output=True,
             text=True,
-            timeout=5,
+            timeout=30,
             check=True,
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return out.stdout

@@ -43,8 +43,10 @@ from local_eval.runs.loading import load_unlearning, with_time_limit
 from local_eval.runs.pipeline import SubmissionError, run_evaluation
 
 __all__ = [
+    "PRIVATE_LEADERBOARD",
     "Row",
     "choose_methods",
+    "competition_agreement",
     "evaluate_methods",
     "format_markdown",
     "lead_holds",
@@ -57,6 +59,18 @@ __all__ = [
 ]
 
 FILES = ("leaderboard.md", "leaderboard.json", "leaderboard.png")
+# The competition's entries the kit re-implements, in their Kaggle private-leaderboard order
+# (ranks 2 to 9; rank 1 is not re-implemented): ../shared/spec/methods.md.
+PRIVATE_LEADERBOARD = (
+    "forget_contrast",
+    "masked_small_gradients",
+    "noisy_weights",
+    "prune_reinit",
+    "conv_transpose",
+    "reset_distill",
+    "noise_injection",
+    "forget_free",
+)
 
 
 @dataclass(frozen=True)
@@ -199,6 +213,40 @@ def row_from_report(
     )
 
 
+def competition_agreement(ranked: Sequence[Row]) -> dict | None:
+    """How this board orders the competition's entries against their private-leaderboard
+    order: Spearman's rho and Kendall's tau (scipy's, tau-b) between the two rankings of the
+    entries that scored here; ``None`` with fewer than 3 of them scored (no order to judge)."""
+    from scipy.stats import kendalltau, spearmanr
+
+    entries = [r.method for r in ranked if not r.failed and r.method in PRIVATE_LEADERBOARD]
+    if len(entries) < 3:
+        return None
+    private = [PRIVATE_LEADERBOARD.index(m) + 2 for m in entries]  # ranks 2..9
+    local = list(range(1, len(entries) + 1))
+    return {
+        "entries": entries,  # in this board's order
+        "private_ranks": private,
+        "missing": [m for m in PRIVATE_LEADERBOARD if m not in entries],
+        "spearman_rho": float(spearmanr(local, private).statistic),
+        "kendall_tau": float(kendalltau(local, private).statistic),
+    }
+
+
+def _agreement_line(ranked: Sequence[Row]) -> str | None:
+    agreement = competition_agreement(ranked)
+    if agreement is None:
+        return None
+    entries, missing = agreement["entries"], agreement["missing"]
+    left = f" ({', '.join(f'`{m}`' for m in missing)} not scored)" if missing else ""
+    return (
+        f"Against the competition: this board orders {len(entries)} of the "
+        f"{len(PRIVATE_LEADERBOARD)} re-implemented entries{left} with Spearman's rho "
+        f"{agreement['spearman_rho']:.2f} and Kendall's tau {agreement['kendall_tau']:.2f} to "
+        "their private-leaderboard ranks (1: the same order; 0: unrelated; -1: reversed)."
+    )
+
+
 def one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= 300 else text[:297] + "..."
@@ -234,6 +282,9 @@ def format_markdown(ranked: Sequence[Row], meta: dict) -> str:
             f"floor (no unlearning) F {refs['floor_f']:.3f}, score {refs['floor_score']:.3f}"
         )
     lines += ["", *_table(ranked), "", _verdict(ranked)]
+    agreement = _agreement_line(ranked)
+    if agreement is not None:
+        lines.append(agreement)
     default = next((r for r in ranked if r.default), None)
     if default is not None:
         lines.append(_default_line(ranked, default))
@@ -344,6 +395,7 @@ def to_json(ranked: Sequence[Row], meta: dict) -> dict:
         **meta,
         "lead_holds_beyond_ci": lead_holds(ranked),
         "lead_holds_paired": lead_holds_paired(ranked),
+        "competition_agreement": competition_agreement(ranked),
         "rows": rows,
     }
 

@@ -123,6 +123,15 @@ def _time_figures(run_s: np.ndarray, retrain_s: float, *, amortised: bool) -> di
         "retraining_s_mean": retrain_s,
         "retraining_s_kind": "amortised over batched groups" if amortised else "one model",
     }
+    if not np.isfinite(run_s).all():  # scored checkpoints without a manifest: no seconds
+        return {
+            **figures,
+            "unlearning_s_mean": None,
+            "unlearning_s_max": None,
+            "ratio_to_retraining": None,
+            "slow_runs": None,
+            "slow_run_threshold_s": None,
+        }
     if amortised:
         return {
             **figures,
@@ -139,6 +148,11 @@ def _time_figures(run_s: np.ndarray, retrain_s: float, *, amortised: bool) -> di
 
 
 def _time_line(t: dict) -> str:
+    if t["unlearning_s_mean"] is None:
+        return (
+            f"time: unknown per unlearning run (checkpoints without a manifest recording their "
+            f"seconds); one retraining {t['retraining_s_mean']:.2f} s"
+        )
     head = (
         f"time: {t['unlearning_s_mean']:.2f} s per unlearning run (max {t['unlearning_s_max']:.2f})"
     )

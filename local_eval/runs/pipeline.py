@@ -30,16 +30,20 @@ import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from local_eval.common.checks import check_file, check_state_dict_fits, load_state_dict
+from local_eval.common.files import sha256_of
 from local_eval.data.setup import DataSetup, load_setup
 from local_eval.runs.backends import BACKENDS, open_backend
+from local_eval.runs.checkpoints import Checkpoints
 from local_eval.runs.jobs import ROLES, WHOLE, Job, Shard, assemble, evaluation_jobs, model_seed
 from local_eval.runs.loading import LoadedMethod
-from local_eval.runs.unlearning import SubmissionError, run_seed, unlearn
+from local_eval.runs.unlearning import SubmissionError, fresh_model, run_seed, unlearn
 from local_eval.runs.workers import resolve_device, resolve_threads, resolve_workers
 from local_eval.training.batched import (
     DEFAULT_GROUP,
@@ -48,7 +52,7 @@ from local_eval.training.batched import (
     train_new_models_batched,
 )
 from local_eval.training.cache import ModelCache, digest_tensors
-from local_eval.training.models import default_arch
+from local_eval.training.models import build_model, default_arch
 from local_eval.training.signals import EvalSignals, ModelRecord, model_record
 from local_eval.training.train import Recipe, default_recipe, get_recipe, train_new_model
 from submission.loop import warm_up
@@ -88,6 +92,10 @@ class EvalConfig:
     backend: str = "local"  # a key of backends.BACKENDS: where the jobs run
     ray_address: str | None = None  # backend "ray": the cluster (None: a local instance)
     gpus_per_task: float | None = None  # backend "ray" on GPUs: share of a GPU per job (1)
+    # a state dict the unlearning runs (or the scored checkpoints) start from; None: the
+    # original trained by the recipe (cached), or with checkpoints of a competition-layout
+    # folder, its original_model.pth
+    original: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.n_models, int) or self.n_models < 2:
@@ -169,7 +177,11 @@ class ShardResult:
 
 
 def run_evaluation(
-    config: EvalConfig, method: LoadedMethod, *, cache: ModelCache, progress: bool = True
+    config: EvalConfig,
+    method: LoadedMethod | Checkpoints,
+    *,
+    cache: ModelCache,
+    progress: bool = True,
 ) -> EvalResult:
     """Everything up to the signals; see the module docstring.
 
@@ -181,34 +193,58 @@ def run_evaluation(
 
 def run_shard(
     config: EvalConfig,
-    method: LoadedMethod,
+    method: LoadedMethod | Checkpoints,
     *,
     shard: Shard,
     cache: ModelCache,
     progress: bool = True,
 ) -> ShardResult:
-    """The records of ``shard``'s jobs (:mod:`local_eval.runs.jobs`), nothing else."""
+    """The records of ``shard``'s jobs (:mod:`local_eval.runs.jobs`), nothing else.
+
+    ``method`` is the submission to run, or :class:`Checkpoints` it already wrote (scored
+    as its runs, in their order)."""
     stages: dict[str, float] = {}
     with _opened(config, stages) as (setup, arch, recipe, backend):
-        models = _ModelSource(setup, arch, recipe, cache, backend, progress, config.trainer)
+        given = given_original(config, method, setup, arch)
+        models = _ModelSource(
+            setup, arch, recipe, cache, backend, progress, config.trainer,
+            original_sha256=None if given is None else given[1],
+        )  # fmt: skip
         jobs = shard.select(evaluation_jobs(config.n_models))
         wanted = {role: [job.index for job in jobs if job.role == role] for role in ROLES}
         original = digest = None
-        if wanted["unlearning"] or 0 in wanted["original"]:
+        if given is not None:  # the user's original (the floor's model 0 is still trained)
+            original, digest = given[0], digest_tensors(given[0])
+        elif wanted["unlearning"] or 0 in wanted["original"]:
             with _stage(stages, "original"):
                 original = models.original_weights()
             digest = digest_tensors(original)
         with _stage(stages, "unlearning"):
-            unlearned = run_unlearning(
-                method,
-                original,
-                backend,
-                arch=arch,
-                indices=wanted["unlearning"],
-                n=config.n_models,
-                budget_s=config.budget_s,
-                progress=progress,
-            )
+            if isinstance(method, Checkpoints):
+                method.check_manifest(
+                    data_fingerprint=setup.fingerprint,
+                    original_sha256=None if given is None else given[1],
+                )
+                unlearned = checkpoint_records(
+                    method,
+                    setup,
+                    arch=arch,
+                    original=original,
+                    indices=wanted["unlearning"],
+                    device=backend.device,
+                    progress=progress,
+                )
+            else:
+                unlearned = run_unlearning(
+                    method,
+                    original,
+                    backend,
+                    arch=arch,
+                    indices=wanted["unlearning"],
+                    n=config.n_models,
+                    budget_s=config.budget_s,
+                    progress=progress,
+                )
         with _stage(stages, "references"):  # 2N retrained (scoring + ceiling), N originals
             references = models.records({r: wanted[r] for r in ("retrained", "original")})
     return ShardResult(
@@ -226,6 +262,39 @@ def run_shard(
         stage_seconds=stages,
         trained=models.trained,
     )
+
+
+def given_original(
+    config: EvalConfig, method, setup: DataSetup, arch: str
+) -> tuple[dict, str] | None:
+    """``(weights, sha256 of the file)`` of the original the user gave (``config.original``;
+    with checkpoints of a competition-layout folder, by default its ``original_model.pth``),
+    checked against ``arch``; ``None`` when the recipe's original is used."""
+    path = config.original
+    if path is None and isinstance(method, Checkpoints):
+        folder_original = competition_original(config.dataset)
+        path = None if folder_original is None else str(folder_original)
+    if path is None:
+        return None
+    file = check_file(path, "original model")
+    weights = load_state_dict(file)
+    model = build_model(
+        arch,
+        num_classes=setup.num_classes,
+        in_channels=setup.in_channels,
+        image_size=setup.image_size,
+    )
+    check_state_dict_fits(weights, model, arch, file)
+    return weights, sha256_of(file)
+
+
+def competition_original(dataset: str) -> Path | None:
+    """A competition-layout folder's ``original_model.pth``, when ``dataset`` is one."""
+    kind, _, where = str(dataset).partition(":")
+    if kind != "kaggle":
+        return None
+    path = Path(where) / "original_model.pth"
+    return path if path.is_file() else None
 
 
 def prepare_original(
@@ -355,10 +424,13 @@ class _ModelSource:
         backend,
         progress: bool,
         trainer: str = "sequential",
+        *,
+        original_sha256: str | None = None,
     ):
         self.setup, self.arch, self.recipe = setup, arch, recipe
         self.cache, self.backend, self.progress = cache, backend, progress
         self.trainer = trainer
+        self.original_sha256 = original_sha256
         self.trained = {"original": 0, "retrained": 0}
         self._memo: dict[tuple[str, int], ModelRecord] = {}  # works without a cache too
 
@@ -372,6 +444,8 @@ class _ModelSource:
             "arch": self.arch,
             "recipe": recipe,
         }
+        if self.original_sha256 is not None:  # the user's original: references of their own
+            identity["original_sha256"] = self.original_sha256  # (recipe-original keys as were)
         if self.trainer != "sequential":  # same recipe, other float rounding: kept apart
             identity["trainer"] = self.trainer  # (sequential keys stay as they were)
         device = torch.device(self.backend.device).type
@@ -540,6 +614,30 @@ def run_unlearning(
             records[indices[i]] = record
             bar.update()
     return dict(sorted(records.items()))
+
+
+def checkpoint_records(
+    checkpoints: Checkpoints,
+    setup: DataSetup,
+    *,
+    arch: str,
+    original: Mapping,
+    indices: Sequence[int],
+    device,
+    progress: bool = True,
+) -> dict[int, ModelRecord]:
+    """The records of checkpoints ``indices`` (each checked: ``Checkpoints.state``), as the
+    runs they stand for; their seconds are the manifest's, else NaN."""
+    records = {}
+    with _progress(len(indices), "scoring checkpoints", progress) as bar:
+        for index in indices:
+            state = checkpoints.state(index, original)
+            model = fresh_model(arch, setup, state, device)
+            record = model_record(model, setup, device=device, seconds=checkpoints.seconds(index))
+            _check_logits(record, setup, f"checkpoint {checkpoints.names[index]}")
+            records[index] = record
+            bar.update()
+    return records
 
 
 def unlearning_run(

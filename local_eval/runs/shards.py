@@ -28,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+from local_eval.common.files import atomic_write_bytes
 from local_eval.runs.jobs import Job, Shard, evaluation_jobs
 from local_eval.runs.pipeline import EvalConfig, EvalResult, ShardResult, combine
-from local_eval.training.cache import atomic_write, digest_arrays
+from local_eval.training.cache import digest_arrays
 from local_eval.training.signals import ModelRecord
 from local_eval.training.train import Recipe
 
@@ -83,7 +84,7 @@ def write_shard(result: ShardResult, folder: Path, *, command: Sequence[str]) ->
     (folder / MANIFEST).unlink(missing_ok=True)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays, **{CHECKSUM: np.array(digest)})
-    atomic_write(folder / RECORDS, buffer.getvalue())
+    atomic_write_bytes(folder / RECORDS, buffer.getvalue())
     manifest = {
         "format": SHARD_FORMAT,
         "shard": str(result.shard),
@@ -107,7 +108,7 @@ def write_shard(result: ShardResult, folder: Path, *, command: Sequence[str]) ->
         "versions": versions(),
         "written": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
-    atomic_write(folder / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    atomic_write_bytes(folder / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     return [folder / RECORDS, folder / MANIFEST]
 
 

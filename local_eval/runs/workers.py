@@ -49,12 +49,12 @@ def resolve_workers(workers: int | None, device: torch.device, threads: int | No
 
     Small models use a core far better as one single-threaded process each than as threads
     of one process: on a busy machine two-threaded runs stall for seconds at a time waiting
-    for a core (measured on digits: 0.2 s runs spiking to 20 s). More threads than cores is
+    for a core (on digits, short runs spiked many times over). More threads than cores is
     worse still: with ``OMP_NUM_THREADS=2`` on 2 cores, two workers of two threads (the
-    choice before) took the digits main job (N = 32, empty cache) 171 s, one worker of two
-    threads (the choice now) 52 s, two of one thread (no ``OMP_NUM_THREADS``) 53 s: the
-    automatic choice never oversubscribes the cores. A worker costs a few seconds to start,
-    paid only when models are missing from the cache.
+    choice before) made the digits main job several times slower than one worker of two
+    threads (the choice now) or two of one thread: the automatic choice never oversubscribes
+    the cores. A worker costs a few seconds to start, paid only when models
+    are missing from the cache.
     """
     if workers is not None:
         return workers

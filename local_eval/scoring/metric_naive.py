@@ -3,7 +3,8 @@
 This is the slow baseline the fast scorer (:mod:`local_eval.scoring.metric`) is checked and timed
 against. It follows ``shared/spec/metric.md`` literally: it materialises the ``(N, rules)``
 indicator matrices the organisers' code builds, averages float32 indicators into rates and
-applies step 5 rule by rule. Use it on small slices only (about 0.1 s per example at N = 64).
+applies step 5 rule by rule. Use it on small slices only: it is orders of magnitude slower
+than the fast scorer (``python -m bench.metric`` times the two).
 """
 
 from __future__ import annotations

@@ -12,11 +12,10 @@ Two forward passes, chosen by the model's layer types (:func:`_batched_forward`)
   BatchNorm2d / ReLU / MaxPool2d / AdaptiveAvgPool2d / Identity / Flatten / Linear (the
   ``smallcnn``): the K models' activations are the channels of one channels-last batch,
   so every layer is one native kernel (grouped oneDNN convolution, BatchNorm over K*C
-  channels). This is the fast path. Measured with ``bench/batched_training.py`` (digits,
-  32 models, 2 shared CPU cores), against the plain loop in the same run: 2.3-3.1x the
-  models per minute at 1 thread (``vmap``: 1.12-1.23x); at 2 threads, where two groups
-  train at once (see :func:`_lanes`), 3.2-5.4x over 19 single-round runs (median 4.1x) and
-  3.67-4.19x over five runs of four interleaved rounds (median 4.02x);
+  channels). This is the fast path, several times the plain loop's models per minute on
+  a CPU, most at 2 threads, where two groups train at once (see :func:`_lanes`); ``vmap``
+  barely beats the plain loop there. ``python -m bench.batched_training`` measures the
+  ratio (figures: docs/benchmarks.md);
 - ``vmap`` over ``functional_call`` for anything else (ResNet-18, ...): general, but its
   CPU kernels are slow (see :mod:`local_eval.training.batched_ops`).
 
@@ -90,7 +89,7 @@ __all__ = [
 ]
 
 TRAINERS = ("sequential", "batched")
-# Models per group. On digits (1 thread) 16 was as fast as 32 and faster than 8 per model
+# Models per group. On digits (1 thread) 16 was as fast per model as 32 and faster than 8
 # (bench/batched_training.py); a group's activations (~4 MB per layer at 16) grow linearly,
 # and beyond the CPU caches the memory-bound layers slow down.
 DEFAULT_GROUP = 16
@@ -138,8 +137,8 @@ def train_new_models_batched(
 
 def _lanes(n_groups: int, device) -> int:
     """How many groups train at once. The small CNN's layers are too small for torch's
-    intra-op threads to pay (measured on 2 cores, digits, groups of 16: 2 threads gave 1.5x
-    the models per minute of 1), while two groups on two cores, each single-threaded, run
+    intra-op threads to pay (on 2 cores, digits, groups of 16: 2 threads gave well under
+    twice the models per minute of 1), while two groups on two cores, each single-threaded, run
     nearly independently (their kernels release the GIL; the step's Python code is a few
     per cent of it). So T threads become T lanes of one thread each. The models come out
     the same as when the groups run one after the other at one thread (deterministic, no

@@ -8,17 +8,17 @@ of its own loss, as K separate runs would. :func:`supports` says which models it
 
 Why not ``vmap(functional_call)`` (the general path, kept for other architectures): on a
 CPU its batching rules run the K models' convolutions, BatchNorms and max-pools on NCHW
-layouts whose kernels take slow paths (measured on the digits ``smallcnn``, 1 thread,
-K = 16: max-pool 5.8 ms, grouped convolution backward 3.9 ms, BatchNorm 2.5 ms per call),
-so a vmapped step cost ~2.5 ms per model against ~3.2 ms for one model alone.
+layouts whose kernels take slow paths (max-pool, the grouped convolution's backward and
+BatchNorm above all, on the digits ``smallcnn``), so a vmapped step cost almost as much per
+model as one model alone.
 
 How it is done here: the K models' activations live side by side as the channels of one
 channels-last image batch ``[B, K*C, H, W]`` (model k's channels are ``k*C .. k*C+C-1``).
 Then every image layer is a single native call whose channels-last CPU kernel is fast:
 
 - ``Conv2d``: ``F.conv2d`` with ``groups = K * groups`` and the K weights concatenated
-  (oneDNN's grouped convolution; for channels-last its forward runs at ~60 GFLOP/s on one
-  core here, against ~25 for an im2col + ``bmm`` formulation, which was tried first);
+  (oneDNN's grouped convolution; channels-last, its forward is far faster than an im2col +
+  ``bmm`` formulation, which was tried first);
 - ``BatchNorm2d``: ``F.batch_norm`` over the K*C channels with views of the stacked running
   statistics, i.e. the very kernel ``nn.BatchNorm2d`` calls: statistics per (model, channel)
   over its own batch, running mean/var updated in place (momentum, unbiased variance);
@@ -40,37 +40,34 @@ The logits are ``[K, B, classes]``. The maths is the modules' maths; only the su
 order inside the kernels differs, so logits and gradients agree with the sequential model's
 to float rounding (tests: K = 1 and K = 3 against ``nn.Sequential``, within 1e-5).
 
-Where the time went (digits, K = 16, 1 thread, torch.profiler, per step of ~20 ms, before
-the pool-then-normalise step): the second convolution's backward ~28%, the first
-BatchNorm's backward and forward and the max-pool's backward (with its zero-filled
-full-size gradient) ~30%, the two forward convolutions ~15%, the rest (flatten copies,
-Linear, BatchNorm 2, Adam) ~25%. BatchNorm's backward took 2.3 ms on the 4 MB first-block
-activations inside a step against 0.56 ms alone: memory-bound work on multi-MB tensors runs
-2-4x slower inside a training step (page faults on fresh allocations, cache misses), so
-passes over the full-size tensors are what to save. The pool-then-normalise step (2026-11-24)
-saves two of them and a 4 MB allocation each way: the whole batched training 1.10x as fast
-at 1 thread and 1.17x at 2 lanes (``train_new_models_batched``, 16 and 32 models, the two
-versions interleaved over 4 rounds in one process; same mean validation accuracy); now
-the convolutions' backward is ~31% of a step. Tried and dropped, as not faster when
-measured: an im2col + ``bmm`` convolution, a hand-written BatchNorm (its statistics by
-``var_mean`` took 6.8 ms against 0.13 for BatchNorm's own statistics kernel), a BatchNorm
-backward from sums over the ``[B*H*W, C]`` view, a fused BatchNorm + max-pool backward
-that scatter-adds the pooled gradient (retried 2026-11-24: the scatter alone took 4.8 ms
-with ``index_put_``, 1.2 ms with ``index_add_``, against 0.45 ms for the max-pool
-backward the step now uses), in-place ReLUs (no
-faster), the last ReLU writing its output straight into the Linear's ``[K, B, H*W*C]``
-features and its backward straight into channels-last (no reordering copies, but strided
-writes of 128-byte runs: 0.94-0.97x); and (2026-11-23, K = 16,
-1 thread) the first convolution as a depthwise one over 16x repeated inputs (11 ms forward +
-backward against 0.7), its weight gradient as a ``bmm`` over unfolded inputs (3.4 ms against
-1.6), the second's input gradient as a forward convolution with flipped weights (oneDNN
-already does that: 2.5 against 2.1 ms), Flatten + Linear as a grouped 4x4 convolution (no
-faster), ``torch.compile`` of the step (inductor, gcc: 34 s to compile, then 24.7 ms a step
-against 20-22 eager) and glibc ``mallopt`` thresholds that keep freed memory (page faults per
-group of 16 down from 180,000 to 2,000: 9% faster at one lane, 2-3% at two, where the cores'
-shared memory traffic is what limits; tried again on 2026-11-24 through ``GLIBC_TUNABLES``
-in an hour when a fresh 4 MB tensor took 10-12 ms to fault in: no effect on the ratio
-beyond the run-to-run noise).
+Where the time goes (digits, torch.profiler): the convolutions' backward, then the first
+block's BatchNorm and max-pool. Memory-bound work on multi-MB tensors runs several times
+slower inside a training step than alone (page faults on fresh allocations, cache misses),
+so passes over the full-size tensors are what to save: the pool-then-normalise step saves
+two of them and a full-size allocation each way.
+
+Tried and dropped, each for the reason given (measured against the version kept):
+
+- an im2col + ``bmm`` convolution: slower than oneDNN's grouped convolution;
+- a hand-written BatchNorm (statistics by ``var_mean``): far slower than BatchNorm's own
+  statistics kernel;
+- a BatchNorm backward from sums over the ``[B*H*W, C]`` view: not faster;
+- a fused BatchNorm + max-pool backward that scatter-adds the pooled gradient
+  (``index_put_`` or ``index_add_``): the scatter alone costs more than the max-pool
+  backward the step now uses;
+- in-place ReLUs: not faster;
+- the last ReLU writing straight into the Linear's ``[K, B, H*W*C]`` features and its
+  backward straight into channels-last: no reordering copies, but its strided writes of
+  short runs made the step slower;
+- the first convolution as a depthwise one over K-times repeated inputs: far slower;
+- its weight gradient as a ``bmm`` over unfolded inputs: slower;
+- the second convolution's input gradient as a forward convolution with flipped weights:
+  oneDNN already does that;
+- Flatten + Linear as a grouped 4x4 convolution: not faster;
+- ``torch.compile`` of the step (inductor): a long compile, then slower steps than eager;
+- glibc ``mallopt`` thresholds (or ``GLIBC_TUNABLES``) that keep freed memory: far fewer
+  page faults, a gain at one lane, but at two lanes the cores' shared memory traffic is
+  what limits, and the gain was within the run-to-run noise.
 """
 
 from __future__ import annotations
@@ -164,9 +161,8 @@ class _PoolThenNormalise(torch.autograd.Function):
     input gradient is the pooled gradient scaled by ``gamma * invstd`` at each window's
     maximum plus ``u + v * x`` per channel (the batch mean's and variance's share, from two
     sums over the pooled gradient), i.e. one max-pool backward and one pass over ``x``.
-    Measured at K = 16, 1 thread, forward + backward of this block: ~2.0 ms against ~3.3 ms
-    for the two native layers (fewer passes over the 4 MB input, one 4 MB gradient instead
-    of two)."""
+    Faster, forward + backward, than the two native layers: fewer passes over the
+    full-size input, one full-size gradient instead of two."""
 
     @staticmethod
     def forward(ctx, x, gamma, beta, running_mean, running_var, momentum, eps):
@@ -237,11 +233,10 @@ def _adaptive_avg_pool2d(m: nn.AdaptiveAvgPool2d, p: str, s: _Stack, x: torch.Te
 class _Flatten(torch.autograd.Function):
     """``[B, K*C, H, W]`` (channels-last) -> ``[K, B, C*H*W]``, each model's features in
     ``nn.Flatten``'s (C, H, W) order, or with ``hwc`` in the memory's own (H, W, C) order
-    (a copy that moves whole C-runs: ~4x cheaper here, fine when the next layer is a Linear
+    (a copy that moves whole C-runs, much cheaper, fine when the next layer is a Linear
     whose weight columns are permuted to match, see :func:`_flatten_linear`). The backward
     writes the gradient straight back in the channels-last layout (autograd's own, a
-    permuted view, sent the ReLU backward before it down a strided path: 6 ms a step at
-    K = 32)."""
+    permuted view, sent the ReLU backward before it down a slow strided path)."""
 
     @staticmethod
     def forward(ctx, x, k, hwc):
@@ -269,8 +264,8 @@ def _flatten(m: nn.Flatten, p: str, s: _Stack, x: torch.Tensor) -> torch.Tensor:
 
 def _linear(m: nn.Linear, p: str, s: _Stack, x: torch.Tensor, weight=None) -> torch.Tensor:
     """``[K, B, in] -> [K, B, out]`` computed as ``(W @ x^T)^T``: the weight gradient is
-    then ``grad^T @ x``, a well-shaped product (measured at K = 16, B = 64, 512 -> 10:
-    1.25 ms forward + backward against 1.9 ms for ``x @ W^T``)."""
+    then ``grad^T @ x``, a well-shaped product (forward + backward faster than
+    ``x @ W^T``)."""
     weight = s.params[p + "weight"] if weight is None else weight  # [K, out, in]
     bias = s.params.get(p + "bias")
     xt = x.transpose(1, 2)

@@ -29,21 +29,19 @@ import json
 import os
 import pickle
 import sys
-import tempfile
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from local_eval.common.files import atomic_write_bytes, safe_torch_load
 from local_eval.training.signals import ModelRecord
 
 __all__ = [
     "CACHE_ENV",
     "CACHE_FORMAT",
     "ModelCache",
-    "atomic_write",
     "default_cache_dir",
     "digest_arrays",
     "digest_tensors",
@@ -84,7 +82,7 @@ class ModelCache:
             meta = self.root / key / "meta.json"
             if not meta.exists():
                 text = json.dumps({"cache_format": CACHE_FORMAT, **identity}, indent=2)
-                atomic_write(meta, text.encode())
+                atomic_write_bytes(meta, text.encode())
         return key
 
     def load(self, key: str, seed: int) -> ModelRecord | None:
@@ -112,16 +110,14 @@ class ModelCache:
             arrays = record.to_arrays()
             buffer = io.BytesIO()
             np.savez(buffer, **arrays, **{CHECKSUM: np.array(digest_arrays(arrays))})
-            atomic_write(path, buffer.getvalue())
+            atomic_write_bytes(path, buffer.getvalue())
 
     def load_weights(self, key: str, seed: int) -> dict | None:
         path = self._path(key, seed, ".pt")
         if path is None or not path.exists():
             return None
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                entry = torch.load(path, map_location="cpu", weights_only=True)
+            entry = safe_torch_load(path)
         except pickle.UnpicklingError:
             return self._reject(
                 path, "refused: it holds Python objects other than tensors (could run code)"
@@ -147,7 +143,7 @@ class ModelCache:
             entry = {"format": WEIGHTS_FORMAT, CHECKSUM: digest, "state_dict": state}
             buffer = io.BytesIO()
             torch.save(entry, buffer)
-            atomic_write(path, buffer.getvalue())
+            atomic_write_bytes(path, buffer.getvalue())
 
     def _reject(self, path: Path, why: str) -> None:
         """Report an entry that is not used (it will be rebuilt and replaced)."""
@@ -179,16 +175,3 @@ def digest_tensors(state: Mapping[str, torch.Tensor]) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

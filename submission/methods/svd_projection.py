@@ -106,9 +106,8 @@ def forget_projection(
 def projection_seconds_per_cube(*, device: torch.device, size: int = CALIBRATION_SIZE) -> float:
     """Seconds per D**3 of one layer's :func:`forget_projection`, timed once on a random
     ``size``-dimensional pair: the prediction for a layer before any has run. At a small D
-    the fixed overheads weigh more, so it over-predicts larger layers (measured on 2 CPU
-    cores: 3.1 ms at D = 128 predicts 0.2 s at D = 512, which takes 0.11 s): it errs on the
-    side of the budget."""
+    the fixed overheads weigh more, so it over-predicts larger layers: it errs on the side
+    of the budget."""
     generator = torch.Generator().manual_seed(0)
     r = torch.randn(size, 2 * size, generator=generator).to(device)
     gram = r @ r.T
@@ -227,8 +226,8 @@ def svd_projection(
     # Classifier end first (the most class-specific inputs). A layer's eigendecompositions
     # cost ~D**3: under a budget one is skipped when the slowest rate seen so far predicts it
     # would overrun the deadline. Before any layer has run, the rate comes from timing one
-    # small projection (always running the first layer, as before, overran a 0.08 s digits
-    # budget by 0.07 s: its 512-D classifier's two float64 eigendecompositions take 0.1 s).
+    # small projection (always running the first layer, as before, overran small digits
+    # budgets: its 512-D classifier's two float64 eigendecompositions alone take longer).
     done, rate = 0, None
     if budget_s is not None and reached:
         first_rate = projection_seconds_per_cube(device=device)

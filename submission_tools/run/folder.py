@@ -1,7 +1,6 @@
 """The output folder: checkpoints, their manifest, the zip; checked, resumable, atomic."""
 
 import json
-import re
 import shutil
 import sys
 import time
@@ -12,21 +11,11 @@ import torch
 
 from local_eval.common.errors import UsageError
 from local_eval.common.files import atomic_write_bytes, atomic_write_json, folder_lock, sha256_of
+from local_eval.runs.checkpoints import CHECKPOINT, CHECKPOINT_RE, MANIFEST
 from submission_tools.run.budget import BudgetWatch
 
-MANIFEST = "manifest.json"
-
-
 LOCK = ".submission-run.lock"
-
-
 ZIP_NAME = "submission.zip"
-
-
-CHECKPOINT = "unlearned_checkpoint_{}.pth"
-
-
-CHECKPOINT_RE = re.compile(r"^unlearned_checkpoint_(\d+)\.pth$")
 
 
 def load_manifest(out: Path, identity: dict) -> dict:

@@ -115,3 +115,14 @@ def test_method_function_named_unlearning_is_wrapped_not_shadowed(fakekit):
     entry = code_cells(nb)[-2]
     assert "kit_method = unlearning" in entry
     assert "    kit_method(net, retain_loader, forget_loader, val_loader, budget_s=" in entry
+
+
+def test_without_a_method_the_kits_default_is_built(tmp_path, capsys):
+    from notebooks.__main__ import main
+    from submission import DEFAULT_METHOD
+
+    assert main(["build", "--out", str(tmp_path / "default.ipynb")]) == 0
+    assert f"method {DEFAULT_METHOD};" in capsys.readouterr().out
+    nb = nbformat.read(tmp_path / "default.ipynb", as_version=4)
+    assert nb.metadata["unlearning_kit"]["method"] == DEFAULT_METHOD
+    assert any(f"def {DEFAULT_METHOD}(" in c.source for c in nb.cells if c.cell_type == "code")

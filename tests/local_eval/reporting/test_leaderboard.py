@@ -7,11 +7,13 @@ import time
 import numpy as np
 import pytest
 import torch
+from scipy.stats import kendalltau, spearmanr
 
 import submission
 from local_eval.cli.main import main
 from local_eval.reporting.leaderboard import (
     Row,
+    competition_agreement,
     format_markdown,
     lead_holds,
     lead_holds_paired,
@@ -270,3 +272,35 @@ def test_board_lists_every_registered_method_and_failures(tmp_path, monkeypatch,
     assert markdown.count("**failed**") == 3
     assert board["n_models"] == 3 and board["budget_s"] == 0.3
     assert board["references"]["retraining_s"] > 0
+
+
+def test_agreement_with_the_private_leaderboard_on_fixed_rows():
+    # This board's order of six entries; two of the eight are missing (one failed, one absent).
+    board = ["noisy_weights", "forget_contrast", "conv_transpose", "masked_small_gradients",
+             "forget_free", "reset_distill"]  # fmt: skip
+    rows = [scored(m, 0.5 - 0.05 * i, 0.4 - 0.05 * i, 0.6 - 0.05 * i) for i, m in enumerate(board)]
+    rows += [scored("shrink_perturb", 0.9, 0.8, 1.0), Row("prune_reinit", error="boom")]
+    ranked = rank(rows)
+    agreement = competition_agreement(ranked)
+    private = [4, 2, 6, 3, 9, 7]  # the entries' Kaggle ranks, in the board's order
+    assert agreement["entries"] == board and agreement["private_ranks"] == private
+    assert agreement["missing"] == ["prune_reinit", "noise_injection"]
+    # against scipy, and against the hand count: 15 pairs, 11 concordant, 4 discordant
+    assert agreement["spearman_rho"] == pytest.approx(spearmanr(range(6), private).statistic)
+    assert agreement["kendall_tau"] == pytest.approx(kendalltau(range(6), private).statistic)
+    assert agreement["kendall_tau"] == pytest.approx((11 - 4) / 15)
+    within = [3, 1, 4, 2, 6, 5]  # each entry's private rank among these six
+    d2 = sum((i + 1 - r) ** 2 for i, r in enumerate(within))  # 12
+    assert agreement["spearman_rho"] == pytest.approx(1 - 6 * d2 / (6 * 35))
+    markdown = format_markdown(ranked, {"title": "t"})
+    assert "orders 6 of the 8 re-implemented entries (`prune_reinit`, `noise_injection` not " \
+        "scored) with Spearman's rho 0.66 and Kendall's tau 0.47" in markdown  # fmt: skip
+    assert to_json(ranked, {})["competition_agreement"] == agreement
+
+
+def test_no_agreement_is_claimed_from_fewer_than_three_entries():
+    ranked = rank(
+        [scored("forget_contrast", 0.3, 0.2, 0.4), scored("noisy_weights", 0.2, 0.1, 0.3)]
+    )
+    assert competition_agreement(ranked) is None
+    assert "Against the competition" not in format_markdown(ranked, {"title": "t"})
