@@ -9,6 +9,7 @@ from . import (  # noqa: F401  (imported for their @register side effect)
     forget_contrast,
     forget_free,
     masked_small_gradients,
+    neggrad,
     neggrad_plus,
     noise_injection,
     noisy_weights,

@@ -1,17 +1,27 @@
 """Contrastive unlearning: pull forget embeddings away from their class, toward the others.
 
 Recipe (Lee et al., "Contrastive Unlearning: A Contrastive Approach to Machine Unlearning",
-ICLR 2025 submission): embeddings are the L2-normalised penultimate features. Every forget
-sample is an anchor; retain samples of *other* classes are its positives and retain samples of
-its own class its negatives, in a supervised contrastive loss at temperature 0.7; the total
-loss is ``3 * contrastive + 1 * CE(retain)``; several retain batches per forget batch; SGD
-lr 1e-3; training stops once the forget accuracy has fallen to the accuracy on unseen data.
+ICLR 2025 submission, IJCAI 2025; official code ``Hongkyu-Lee/Contrastive-Unlearning``,
+``core/trainer/unlearn/unlearn.py`` ``Loss_v1``/``Loss_v2`` and ``core/args/parse.py``):
+embeddings are L2-normalised; every forget sample is an anchor, retain samples of *other*
+classes pull it and retain samples of its *own* class push it away; the loss is
+:func:`contrastive_unlearning_loss` at temperature 0.7 (``--temp``), the total
+``3 * contrastive + 1 * CE(retain)`` (``CT_ratio``, ``CE_ratio``); each forget batch is used
+for 4 steps, each with the next retain batch cut to the forget batch's size
+(``retain_sampling_freq``); SGD lr 1e-3, momentum 0.9 and no weight decay (the code's
+optimizer takes none, though it parses ``w_decay``); after every pass over the forget set it
+stops once the forget accuracy is at or below the current test accuracy (the random-sample
+rule of ``unlearn.py``); at most 30 passes (the README's random-sample command; the parser's
+default is 3).
 
-Adapted: each step pairs the current forget batch with one retain batch, and every forget
-batch is used for ``retain_batches`` consecutive steps (5: "several" in the paper); the
-unseen-data level is the original model's accuracy on ``val`` (one pass before training);
-the forget accuracy is checked after every pass over the forget set, ``max_epochs`` passes at
-most. Momentum 0.9 and no weight decay (not stated in methods.md).
+Adapted: the embedding is the model's L2-normalised penultimate features (the code adds a
+128-d projection head, which the competition's model has not), and the logits are the
+model's own; the "test" accuracy is the accuracy on ``val`` (what a submission gets to see),
+measured afresh after each pass, as the code measures its test set; the retain batches run on
+from one shuffled stream instead of restarting a retain iterator for every forget batch (the
+same draws in distribution); an anchor with no retain sample of its class gets the code's
+single-class rule (+1 inside the log) instead of the infinite loss its random-sample branch
+would give, and one with no sample of another class is skipped.
 """
 
 import torch
@@ -30,21 +40,28 @@ def contrastive_unlearning_loss(
     other_labels: torch.Tensor,
     temperature: float,
 ) -> torch.Tensor:
-    """Supervised contrastive loss with the positives inverted (forget anchors, retain others).
+    """The official contrastive unlearning loss (``Loss_v1``), a scalar.
 
-    ``anchors`` (A, D) and ``others`` (R, D) are L2-normalised embeddings. For anchor ``i`` the
-    positives are the others with a *different* label: ``-mean_p log softmax_j(z_i . z_j / T)[p]``
-    over all others ``j``. Anchors without any positive are skipped; returns a scalar.
+    ``anchors`` (A, D), forget embeddings, and ``others`` (R, D), retain embeddings, are
+    L2-normalised. With ``s_ij = a_i . o_j / T`` less its row maximum ``m_i`` (detached, for
+    stability), ``P_i = sum over same-class j of (exp(s_ij) + 1e-20)`` and ``n_i`` retain
+    samples of other classes, anchor i's loss is
+    ``-(sum over other-class j of s_ij - R * log P_i) / n_i``: the log-sum-exp runs over
+    same-class samples only (not the standard supervised-contrastive denominator), and, as
+    in the code, it is subtracted once per retain sample (``R`` times), not once. Anchors
+    without a same-class sample use ``P_i + 1``; anchors without another class are skipped.
     """
     logits = anchors @ others.T / temperature  # (A, R)
-    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-    positive = (anchor_labels[:, None] != other_labels[None, :]).to(log_prob.dtype)
-    counts = positive.sum(1)
+    logits = logits - logits.max(dim=1, keepdim=True).values.detach()
+    same = anchor_labels[:, None] == other_labels[None, :]
+    other = (~same).to(logits.dtype)
+    positives = ((torch.exp(logits) + 1e-20) * same).sum(1) + (~same.any(1)).to(logits.dtype)
+    log_prob = logits * other - torch.log(positives)[:, None]  # every column: as the code
+    counts = other.sum(1)
     has = counts > 0
     if not has.any():
         return anchors.sum() * 0.0
-    per_anchor = -(log_prob * positive).sum(1)[has] / counts[has]
-    return per_anchor.mean()
+    return (-log_prob.sum(1)[has] / counts[has]).mean()
 
 
 @register("contrastive")
@@ -58,8 +75,8 @@ def contrastive(
     temperature: float = 0.7,
     contrastive_weight: float = 3.0,
     ce_weight: float = 1.0,
-    retain_batches: int = 5,
-    max_epochs: int = 10,
+    retain_batches: int = 4,
+    max_epochs: int = 30,
     lr: float = 1e-3,
     momentum: float = 0.9,
 ):
@@ -72,7 +89,7 @@ def contrastive(
     n_forget, n_val = count_batches(forget), count_batches(val)
     per_epoch = n_forget * retain_batches
     # The accuracy passes run in a loop of their own: their steps are far cheaper.
-    checks = TrainLoop(deadline, planned_steps=n_val + max_epochs * n_forget, device=device)
+    checks = TrainLoop(deadline, planned_steps=max_epochs * (n_val + n_forget), device=device)
     loop = TrainLoop(deadline, planned_steps=max_epochs * per_epoch, device=device)
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum)
 
@@ -90,8 +107,6 @@ def contrastive(
         checks.run(device_batches(loader, device), count, steps=steps)
         return correct / total if total else None
 
-    unseen = accuracy(val, n_val)
-
     def pairs():
         r_it = cycle_batches(retain, device)
         for f_batch in device_batches(forget, device):
@@ -100,6 +115,7 @@ def contrastive(
 
     def step(batch):
         (xf, yf), (xr, yr) = batch
+        xr, yr = xr[: len(xf)], yr[: len(xf)]  # the code cuts the retain batch to the forget's
         optimizer.zero_grad(set_to_none=True)
         feats, logits = penultimate_features(net, torch.cat([xf, xr]))
         z = F.normalize(feats, dim=1)
@@ -116,7 +132,7 @@ def contrastive(
         loop.run(pairs(), step, steps=per_epoch)
         if loop.stopped:
             break
-        forgotten = accuracy(forget, n_forget)
+        forgotten, unseen = accuracy(forget, n_forget), accuracy(val, n_val)
         if unseen is None or forgotten is None or forgotten <= unseen:
             break
     return net.eval()

@@ -6,15 +6,23 @@ Fisher information of the retain loss,
 ``F_i = mean over retain samples x of sum_y p(y|x) (d log p(y|x) / d w_i)**2``
 (the true Fisher: per-sample gradients for every class, weighted by the predicted
 probability), then ``w_i += sqrt(var_i) * N(0, 1)`` with
-``var_i = alpha * min(1 / (F_i + 1e-8), 1e3)`` (``1e2`` for the classifier), alpha about 1e-6.
+``var_i = alpha * min(1 / (F_i + 1e-8), 1e3)`` (``1e2`` for the classifier), alpha 1e-6.
 Weights the retain set needs (large F) barely move; the rest are drowned in noise.
+
+The variance rule is the official code's (``get_mean_var`` in the authors' notebooks,
+``AdityaGolatkar/SelectiveForgetting``): after the clamp, a multi-dimensional weight's
+variance is averaged over dim 1 (one variance per output unit, broadcast back), and the
+classifier's and every 1-D parameter's (BatchNorm, biases) is multiplied by 10. alpha 1e-6 is
+the paper's alpha only with both, since it was calibrated with them; ``official_variance=False``
+gives the per-weight rule alone. The code finds the classifier as the rows of size
+``num_classes``; here it is the last ``Linear`` (a conv with as many channels as there are
+classes is not a classifier). Its class-forgetting branch (zero mean and 1e-4 variance for
+the forgotten class's row) does not apply to the competition's forget sets and is left out.
 
 Adapted: per-sample gradients are batched with ``torch.func`` (``functional_call`` + ``vmap`` +
 ``grad``, over every (sample, class) pair, ``chunk`` pairs per call: memory is about
 ``chunk`` times the model's parameters) in eval mode, so BatchNorm uses
-its running statistics. The published code also averages the variance over each output unit's
-inputs and multiplies BatchNorm/classifier variances by 10; the variants are left out (methods.md
-states the per-weight rule). Slow by nature: under a budget the Fisher is estimated on the
+its running statistics. Slow by nature: under a budget the Fisher is estimated on the
 retain batches that fit (``max_samples`` caps it without a budget) and a
 :class:`FisherSubsampleWarning` says how many samples were used; ``net.fisher_samples_`` records
 the samples and batches used.
@@ -93,10 +101,29 @@ class FisherAccumulator:
 
 
 def noise_variance(
-    fisher: torch.Tensor, *, alpha: float, clamp: float, eps: float = 1e-8
+    fisher: torch.Tensor,
+    *,
+    alpha: float,
+    clamp: float,
+    classifier: bool = False,
+    official: bool = True,
+    eps: float = 1e-8,
 ) -> torch.Tensor:
-    """``alpha * min(1 / (F + eps), clamp)``, elementwise."""
-    return alpha * (1.0 / (fisher + eps)).clamp(max=clamp)
+    """The noise variance of one parameter tensor from its diagonal Fisher.
+
+    ``alpha * min(1 / (F + eps), clamp)`` elementwise; with ``official`` (the published code's
+    ``get_mean_var``), then averaged over dim 1 of a multi-dimensional tensor (so every
+    output unit's weights share one variance, broadcast back) and multiplied by 10 for the
+    ``classifier``'s weight and bias and for every 1-D tensor (BatchNorm's, biases).
+    """
+    var = alpha * (1.0 / (fisher + eps)).clamp(max=clamp)
+    if not official:
+        return var
+    if var.ndim > 1:
+        var = var.mean(dim=1, keepdim=True).expand_as(fisher).clone()
+    if classifier or var.ndim == 1:
+        var = var * 10
+    return var
 
 
 @register("fisher_forgetting")
@@ -112,6 +139,7 @@ def fisher_forgetting(
     classifier_clamp: float = 1e2,
     max_samples: int | None = None,
     chunk: int = 16,
+    official_variance: bool = True,
 ):
     if alpha <= 0 or clamp <= 0 or classifier_clamp <= 0:
         raise ValueError(
@@ -160,7 +188,13 @@ def fisher_forgetting(
         for name, p in net.named_parameters():
             if name not in fisher_mean:
                 continue
-            limit = classifier_clamp if id(p) in head else clamp
-            var = noise_variance(fisher_mean[name], alpha=alpha, clamp=limit)
+            classifier = id(p) in head
+            var = noise_variance(
+                fisher_mean[name],
+                alpha=alpha,
+                clamp=classifier_clamp if classifier else clamp,
+                classifier=classifier,
+                official=official_variance,
+            )
             p.add_(var.sqrt() * torch.randn_like(p))
     return net.eval()

@@ -4,9 +4,19 @@ Recipe (Foster et al. 2024, "Fast Machine Unlearning Without Retraining Through 
 Synaptic Dampening", AAAI; ``ParameterPerturber`` in their code): diagonal importance
 ``[I]_i = mean over batches of (d loss / d w_i)**2`` on the forget set (``I_f``) and on the whole
 training set (``I_D``, retain + forget); where ``I_f > alpha * I_D`` (alpha 10) multiply the
-weight by ``min(lambda * I_D / I_f, 1)`` (lambda 1). No training. Under a budget, ``I_D`` is
-estimated on a subsample of the retain batches (the forget batches always count).
+weight by ``min(lambda * I_D / I_f, 1)`` (lambda 1). No training.
+
+Under a budget the forget set's importance is computed in full first (it is small), and the
+retain set's is estimated from the retain batches that fit; ``I_D`` is then the mean over
+*all* the training batches, each set weighted by its true number of batches
+(``(n_f I_f + n_r I_r) / (n_f + n_r)``), never by the batches seen: weighting by what was seen
+would make the forget set a large part of "all data" when few retain batches fit, so that
+``I_f > alpha I_D`` held nowhere and the method silently did nothing. With no retain batch
+at all within the budget, there is no estimate of ``I_D``: it warns and leaves the model as it
+is. ``net.ssd_batches_`` records the batches used.
 """
+
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -50,15 +60,26 @@ def ssd(
 
     net.eval()  # importances only: BatchNorm statistics stay as trained
     seen_forget = loop.run(device_batches(forget, device), importance_step, steps=n_forget)
-    forget_importance = {p: s / max(seen_forget, 1) for p, s in sums.items()}
+    forget_sums = {p: s.clone() for p, s in sums.items()}
+    for s in sums.values():
+        s.zero_()
     seen_retain = loop.run(device_batches(retain, device), importance_step, steps=n_retain)
     net.zero_grad(set_to_none=True)
-    if seen_forget == 0:
+    net.ssd_batches_ = {"forget": seen_forget, "retain": seen_retain, "retain_planned": n_retain}
+    if seen_forget == 0 or seen_retain == 0:
+        warnings.warn(
+            f"ssd: no importance estimate within budget_s={budget_s} ({seen_forget} of "
+            f"{n_forget} forget and {seen_retain} of {n_retain} retain batches): the model is "
+            "left as it was; give it a larger budget",
+            stacklevel=2,
+        )
         return net.eval()
     with torch.no_grad():
         for p in params:
-            full = sums[p] / (seen_forget + seen_retain)
-            selected = forget_importance[p] > alpha * full
-            factor = (dampening * full / forget_importance[p].clamp_min(1e-30)).clamp_max(1.0)
+            forget_mean = forget_sums[p] / seen_forget
+            retain_mean = sums[p] / seen_retain  # an estimate when the budget cut it short
+            full = (n_forget * forget_mean + n_retain * retain_mean) / (n_forget + n_retain)
+            selected = forget_mean > alpha * full
+            factor = (dampening * full / forget_mean.clamp_min(1e-30)).clamp_max(1.0)
             p[selected] = p[selected] * factor[selected]
     return net.eval()

@@ -67,7 +67,8 @@ def test_method_scales_its_work_to_the_budget(name):
     budget = 0.4
     retain = SlowLoader(make_loader(*make_data(320, seed=1), form="dict", batch_size=4), 0.05)
     forget = SlowLoader(
-        make_loader(*make_data(8, seed=2, shift=2.0), form="dict", batch_size=4), 0.05
+        # 6 forget batches: a method that reads the forget set alone (neggrad) plans >= 20 too
+        make_loader(*make_data(24, seed=2, shift=2.0), form="dict", batch_size=4), 0.05
     )
     val = make_loader(*make_data(8, seed=3), form="dict", batch_size=4)
     net = make_net()

@@ -6,6 +6,7 @@ tested for every registered method in test_methods.py; here each method's own ma
 
 import copy
 import math
+import time
 import warnings
 
 import pytest
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import submission.methods.shrink_perturb as shrink_perturb_module
 from submission import METHODS, seed_everything
+from submission.helpers import last_linear
 from submission.loop import record_timings
 from submission.methods.contrastive import contrastive_unlearning_loss
 from submission.methods.conv_transpose import transpose_kernels
@@ -30,7 +32,7 @@ from submission.methods.shrink_perturb import auto_perturb, shrink_and_perturb
 from submission.methods.svd_projection import forget_projection, scaled_projector
 from submission.methods.svd_projection import projection_seconds_per_cube as svd_projection_rate
 
-from .conftest import make_data, make_loader, make_net
+from .conftest import TinyNet, make_data, make_loader, make_net
 
 # --- fisher_forgetting -------------------------------------------------------------------
 
@@ -62,8 +64,64 @@ def test_batched_fisher_matches_one_backward_per_sample_and_class():
 
 def test_noise_variance_is_alpha_over_fisher_clamped():
     f = torch.tensor([0.0, 1e-4, 1.0, 100.0])
-    var = noise_variance(f, alpha=1e-6, clamp=1e3)
+    var = noise_variance(f, alpha=1e-6, clamp=1e3, official=False)
     torch.testing.assert_close(var, torch.tensor([1e-3, 1e-3, 1e-6, 1e-8]) * 1.0)
+
+
+def official_variance(fisher, *, classifier: bool, alpha=1e-6):
+    """The published rule (the authors' get_mean_var) for a 1-D or 2-D tensor, element by
+    element: clamp 1e3 (1e2 for the classifier), times alpha, a 2-D tensor's row averaged
+    (dim 1), times 10 for the classifier and for 1-D tensors."""
+    clamp = 1e2 if classifier else 1e3
+    var = torch.empty_like(fisher)
+    for i in range(fisher.shape[0]):
+        if fisher.ndim == 2:
+            row = [alpha * min(1.0 / (float(v) + 1e-8), clamp) for v in fisher[i]]
+            var[i] = sum(row) / len(row)
+        else:
+            var[i] = alpha * min(1.0 / (float(fisher[i]) + 1e-8), clamp)
+    return var * 10 if classifier or fisher.ndim == 1 else var
+
+
+def test_the_noise_variance_follows_the_official_rule_on_a_small_model():
+    net = TinyNet()
+    head = {id(p) for p in last_linear(net).parameters()}
+    generator = torch.Generator().manual_seed(0)
+    for _, p in net.named_parameters():
+        fisher = torch.rand(p.shape, generator=generator) ** 4  # spans the clamp
+        classifier = id(p) in head
+        got = noise_variance(fisher, alpha=1e-6, clamp=1e2 if classifier else 1e3,
+                             classifier=classifier)  # fmt: skip
+        if p.ndim <= 2:  # BatchNorm and biases, the Linear head
+            torch.testing.assert_close(got, official_variance(fisher, classifier=classifier))
+        else:  # a conv (O, I, kh, kw): the mean over dim 1 only, kept per kernel position
+            for o, i, h, w in [(0, 0, 0, 0), (1, 2, 1, 2), (p.shape[0] - 1, 0, 2, 1)]:
+                column = fisher[o, :, h, w]
+                want = (1e-6 * (1.0 / (column + 1e-8)).clamp(max=1e3)).mean()
+                assert got[o, i, h, w].item() == pytest.approx(want.item(), rel=1e-6)
+        if p.ndim > 1:  # one variance per output unit (per position), broadcast along dim 1
+            assert torch.equal(got, got[:, :1].expand_as(got))
+    assert noise_variance(torch.ones(3), alpha=1.0, clamp=1e3).tolist() == pytest.approx([10.0] * 3)
+
+
+def test_fisher_forgetting_draws_the_official_variance(tiny_setup):
+    original, _, make = tiny_setup
+    retain, forget, val = make("tuple")
+    fisher = FisherAccumulator(copy.deepcopy(original).eval())
+    for x, _ in retain:
+        fisher.add(x)
+    net = copy.deepcopy(original)
+    seed_everything(0)
+    METHODS["fisher_forgetting"](net, retain, forget, val)
+    head = {id(p) for p in last_linear(original).parameters()}
+    z = []
+    for (name, p), (_, p0) in zip(net.named_parameters(), original.named_parameters(), strict=True):
+        classifier = id(p0) in head
+        var = noise_variance(fisher.mean()[name], alpha=1e-6,
+                             clamp=1e2 if classifier else 1e3, classifier=classifier)  # fmt: skip
+        z.append(((p - p0).detach() / var.sqrt()).flatten())
+    z = torch.cat(z)
+    assert 0.8 < z.square().mean().item() < 1.25  # the moves have the official spread
 
 
 def test_fisher_noise_scales_as_alpha_over_fisher(tiny_setup):
@@ -78,13 +136,14 @@ def test_fisher_noise_scales_as_alpha_over_fisher(tiny_setup):
     net = copy.deepcopy(original)
     seed_everything(0)
     METHODS["fisher_forgetting"](
-        net, retain, forget, val, alpha=alpha, clamp=clamp, classifier_clamp=clamp
-    )
+        net, retain, forget, val, alpha=alpha, clamp=clamp, classifier_clamp=clamp,
+        official_variance=False,
+    )  # fmt: skip
 
     moves, stds, fishers = [], [], []
     for (name, p), (_, p0) in zip(net.named_parameters(), original.named_parameters(), strict=True):
         f = fisher.mean()[name]
-        var = noise_variance(f, alpha=alpha, clamp=clamp)
+        var = noise_variance(f, alpha=alpha, clamp=clamp, official=False)
         moves.append((p - p0).detach().flatten())
         stds.append(var.sqrt().flatten())
         fishers.append(f.flatten())
@@ -115,16 +174,44 @@ def test_fisher_says_what_it_skipped(tiny_setup):
 # --- contrastive ---------------------------------------------------------------------------
 
 
-def test_contrastive_loss_golden_value():
-    # Anchor (1, 0); others (1, 0) of its own class and (0, 1) of another class (the positive).
-    # T = 1: logits (1, 0), loss = -log softmax(...)[positive] = log(1 + e).
+def official_contrastive(anchors, anchor_labels, others, other_labels, temperature):
+    """The official Loss_v1 (Hongkyu-Lee/Contrastive-Unlearning), anchor by anchor, in
+    plain Python: s_j = a.o_j / T less max_j s_j; P = sum over same-class j of
+    (exp(s_j) + 1e-20); loss_i = -(sum over other-class j of s_j - R log P) / #other-class."""
+    losses = []
+    for a, ya in zip(anchors.tolist(), anchor_labels.tolist(), strict=True):
+        s = [sum(x * y for x, y in zip(a, o, strict=True)) / temperature for o in others.tolist()]
+        top = max(s)
+        s = [v - top for v in s]
+        same = [yo == ya for yo in other_labels.tolist()]
+        positives = sum(math.exp(v) + 1e-20 for v, m in zip(s, same, strict=True) if m)
+        pulled = [v for v, m in zip(s, same, strict=True) if not m]
+        losses.append(-(sum(pulled) - len(s) * math.log(positives)) / len(pulled))
+    return sum(losses) / len(losses)
+
+
+def test_contrastive_loss_equals_the_official_formula_on_a_fixed_batch():
+    # golden: anchor (1, 0); others (1, 0) of its class, (0, 1) of another; T = 1:
+    # s - max = (0, -1), P = 1, so the loss is -(-1 - 2 log 1) / 1 = 1
     anchors = torch.tensor([[1.0, 0.0]])
     others = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     loss = contrastive_unlearning_loss(
         anchors, torch.tensor([0]), others, torch.tensor([0, 1]), 1.0
     )
-    assert loss.item() == pytest.approx(math.log(1.0 + math.e))
-    # No positive anywhere: zero, still differentiable.
+    assert loss.item() == pytest.approx(1.0)
+    # a fixed batch: 6 forget anchors, 16 retain samples, 3 classes, every anchor's class present
+    generator = torch.Generator().manual_seed(3)
+    a = F.normalize(torch.randn(6, 5, generator=generator), dim=1)
+    o = F.normalize(torch.randn(16, 5, generator=generator), dim=1)
+    ya, yo = torch.tensor([0, 1, 2, 0, 1, 2]), torch.arange(16) % 3
+    got = contrastive_unlearning_loss(a, ya, o, yo, 0.7)
+    assert got.item() == pytest.approx(official_contrastive(a, ya, o, yo, 0.7), rel=1e-5)
+    # not the standard supervised-contrastive loss (log-sum-exp over every retain sample)
+    standard = -(torch.log_softmax(a @ o.T / 0.7, 1) * (ya[:, None] != yo)).sum(1) / (
+        (ya[:, None] != yo).sum(1)
+    )
+    assert abs(got.item() - standard.mean().item()) > 0.1
+    # no other class anywhere: zero, still differentiable
     lone = contrastive_unlearning_loss(
         anchors, torch.tensor([0]), others, torch.tensor([0, 0]), 1.0
     )
@@ -144,8 +231,9 @@ def test_contrastive_stops_once_forget_accuracy_reaches_the_unseen_level(tiny_se
         METHODS["contrastive"](
             copy.deepcopy(original), retain, forget, val, retain_batches=3, max_epochs=5
         )
-    # val pass (4) + one epoch (1 forget batch x 3 retain batches) + one forget check (1).
-    assert timings.steps == 4 + 3 + 1
+    # one epoch (1 forget batch x 3 retain batches), then the forget check (1) and the current
+    # val accuracy (4 batches): the forget accuracy is at or below it, so it stops
+    assert timings.steps == 3 + 1 + 4
 
 
 # --- svd_projection ------------------------------------------------------------------------
@@ -459,3 +547,84 @@ def test_shrink_perturb_refuses_bad_settings(kwargs):
     loader = make_loader(images, labels, form="tuple", batch_size=8)
     with pytest.raises(ValueError, match="shrink"):
         METHODS["shrink_perturb"](make_net(0), loader, loader, loader, **kwargs)
+
+
+# --- ssd ------------------------------------------------------------------------------------
+
+
+class Repeat:
+    """One batch ``times`` over (a retain set whose every batch is alike), ``delay_s`` each."""
+
+    def __init__(self, batch, times: int, delay_s: float = 0.0):
+        self.batch, self.times, self.delay_s = batch, times, delay_s
+
+    def __len__(self):
+        return self.times
+
+    def __iter__(self):
+        for _ in range(self.times):
+            time.sleep(self.delay_s)
+            yield self.batch
+
+
+def test_budgeted_ssd_dampens_the_weights_unbudgeted_ssd_does():
+    """Both see the whole forget set; the budgeted run sees part of a retain set whose batches
+    are alike, so its estimate of the full importance is the full one: same weights dampened
+    (weighting by the batches seen instead made the forget set most of "all data")."""
+    torch.manual_seed(0)
+    original = TinyNet()
+    (xf, yf), (xr, yr) = make_data(8, seed=1), make_data(8, seed=2, shift=1.0)
+    forget = [(xf[:4], yf[:4]), (xf[4:], yf[4:])]
+    full_run, budgeted = copy.deepcopy(original), copy.deepcopy(original)
+    METHODS["ssd"](full_run, Repeat((xr, yr), 40), forget, [])
+    METHODS["ssd"](budgeted, Repeat((xr, yr), 40, delay_s=0.02), forget, [], budget_s=0.3)
+    seen = budgeted.ssd_batches_
+    assert seen["forget"] == 2 and 0 < seen["retain"] < 40  # the budget cut the retain pass
+    changed = 0
+    for p0, p1, p2 in zip(original.parameters(), full_run.parameters(), budgeted.parameters(),
+                          strict=True):  # fmt: skip
+        assert torch.equal(p1 != p0, p2 != p0)
+        torch.testing.assert_close(p2, p1)
+        changed += int((p1 != p0).sum())
+    assert changed > 0  # it does dampen something here
+
+
+def test_ssd_without_any_retain_batch_in_budget_says_so_and_does_nothing():
+    original = TinyNet()
+    net = copy.deepcopy(original)
+    forget = Repeat(make_data(4, seed=1), 2, delay_s=0.4)  # the first batch spends the budget
+    with pytest.warns(UserWarning, match="ssd: no importance estimate"):
+        METHODS["ssd"](net, Repeat(make_data(4, seed=2), 5), forget, [], budget_s=0.2)
+    assert net.ssd_batches_["retain"] == 0
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), original.parameters(),
+                                                 strict=True))  # fmt: skip
+
+
+# --- neggrad --------------------------------------------------------------------------------
+
+
+class Untouchable:
+    """A loader that must never be read."""
+
+    def __len__(self):
+        return 3
+
+    def __iter__(self):
+        raise AssertionError("the retain set was read")
+
+
+def test_neggrad_climbs_the_forget_loss_and_never_reads_retain(tiny_setup):
+    original, data, _ = tiny_setup
+    forget = make_loader(*data["forget"], form="tuple", batch_size=4)
+    xf, yf = data["forget"]
+
+    def forget_loss(net):
+        with torch.no_grad():
+            return F.cross_entropy(net.eval()(xf), yf).item()
+
+    net = copy.deepcopy(original)
+    seed_everything(0)
+    METHODS["neggrad"](net, Untouchable(), forget, [], epochs=10, lr=5e-2)
+    assert forget_loss(net) > forget_loss(original) + 0.1
+    with pytest.raises(ValueError, match="epochs must be at least 1"):
+        METHODS["neggrad"](net, Untouchable(), forget, [], epochs=0)
