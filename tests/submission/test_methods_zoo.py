@@ -406,13 +406,13 @@ def test_noise_injection_restores_frozen_flags(tiny_setup):
 
 
 class Untouchable:
-    """A forget loader that fails if anything reads it."""
+    """A loader that fails if anything reads it (forget_free's forget set, neggrad's retain)."""
 
     def __len__(self):
         return 1
 
     def __iter__(self):
-        raise AssertionError("the forget set was read")
+        raise AssertionError("a loader the method must not read was read")
 
 
 def test_forget_free_never_reads_the_forget_set(tiny_setup):
@@ -601,16 +601,6 @@ def test_ssd_without_any_retain_batch_in_budget_says_so_and_does_nothing():
 
 
 # --- neggrad --------------------------------------------------------------------------------
-
-
-class Untouchable:
-    """A loader that must never be read."""
-
-    def __len__(self):
-        return 3
-
-    def __iter__(self):
-        raise AssertionError("the retain set was read")
 
 
 def test_neggrad_climbs_the_forget_loss_and_never_reads_retain(tiny_setup):
