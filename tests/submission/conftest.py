@@ -106,3 +106,13 @@ def tiny_setup():
         )
 
     return make_net(), data, make
+
+
+class Untouchable:
+    """A loader that fails if anything reads it (forget_free's forget set, neggrad's retain)."""
+
+    def __len__(self):
+        return 1
+
+    def __iter__(self):
+        raise AssertionError("a loader the method must not read was read")

@@ -20,19 +20,16 @@ from submission import METHODS, seed_everything
 from submission.helpers import last_linear
 from submission.loop import record_timings
 from submission.methods.contrastive import contrastive_unlearning_loss
-from submission.methods.conv_transpose import transpose_kernels
 from submission.methods.fisher_forgetting import (
     FisherAccumulator,
     FisherSubsampleWarning,
     noise_variance,
 )
-from submission.methods.forget_contrast import kl_to_uniform, output_contrast
-from submission.methods.prune_reinit import reinit_smallest
 from submission.methods.shrink_perturb import auto_perturb, shrink_and_perturb
 from submission.methods.svd_projection import forget_projection, scaled_projector
 from submission.methods.svd_projection import projection_seconds_per_cube as svd_projection_rate
 
-from .conftest import TinyNet, make_data, make_loader, make_net
+from .conftest import TinyNet, Untouchable, make_data, make_loader, make_net
 
 # --- fisher_forgetting -------------------------------------------------------------------
 
@@ -362,67 +359,6 @@ def test_svd_projection_forgets_a_whole_class_on_digits(digits_model):
     assert forgotten_accs[0] <= 0.1
     assert sum(forgotten_accs) / 10 <= 0.1
     assert max(forgotten_accs) <= 0.35, forgotten_accs
-
-
-# --- competition entries -------------------------------------------------------------------
-
-
-def test_kl_to_uniform_and_output_contrast():
-    assert kl_to_uniform(torch.zeros(2, 5)).item() == pytest.approx(0.0, abs=1e-6)
-    assert kl_to_uniform(torch.tensor([[10.0, 0.0]])).item() > 0.6
-    forget_logits = torch.randn(3, 4, requires_grad=True)
-    retain_logits = torch.randn(5, 4, requires_grad=True)
-    output_contrast(forget_logits, retain_logits, 1.15).backward()
-    assert forget_logits.grad is not None and retain_logits.grad is None  # retain detached
-
-
-def test_transpose_kernels_swaps_spatial_axes_of_square_kernels_only():
-    net = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Conv2d(3, 3, (1, 3)), nn.Conv2d(3, 3, 1))
-    before = [m.weight.detach().clone() for m in net]
-    assert transpose_kernels(net) == 1
-    torch.testing.assert_close(net[0].weight, before[0].transpose(2, 3))
-    assert torch.equal(net[1].weight, before[1]) and torch.equal(net[2].weight, before[2])
-
-
-def test_prune_reinit_keeps_exactly_the_largest_weights():
-    torch.manual_seed(0)
-    w = torch.randn(10, 20)
-    kept = w.abs().flatten().topk(2).indices  # 1% of 200
-    fresh = w.clone()
-    reinit_smallest(fresh, 0.99)
-    assert torch.equal(fresh.flatten()[kept], w.flatten()[kept])
-    assert (fresh != w).sum() == 198
-
-
-def test_noise_injection_restores_frozen_flags(tiny_setup):
-    original, _, make = tiny_setup
-    net = copy.deepcopy(original)
-    net.body[0].bias.requires_grad_(False)
-    seed_everything(0)
-    METHODS["noise_injection"](net, *make("tuple"), epochs=2, noisy_epochs=1)
-    flags = {name: p.requires_grad for name, p in net.named_parameters()}
-    assert flags.pop("body.0.bias") is False and all(flags.values())
-    assert torch.equal(net.body[0].bias, original.body[0].bias)
-
-
-class Untouchable:
-    """A loader that fails if anything reads it (forget_free's forget set, neggrad's retain)."""
-
-    def __len__(self):
-        return 1
-
-    def __iter__(self):
-        raise AssertionError("a loader the method must not read was read")
-
-
-def test_forget_free_never_reads_the_forget_set(tiny_setup):
-    original, _, make = tiny_setup
-    retain, _, val = make("dict")
-    net = copy.deepcopy(original)
-    seed_everything(0)
-    METHODS["forget_free"](net, retain, Untouchable(), val)
-    pairs = zip(net.parameters(), original.parameters(), strict=True)
-    assert any(not torch.equal(a, b) for a, b in pairs)
 
 
 # --- shrink_perturb ----------------------------------------------------------------------
