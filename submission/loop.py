@@ -190,6 +190,9 @@ class TrainLoop:
     """Runs a method's phases within one deadline; see the module docstring.
 
     ``planned_steps``: the steps of the published recipe over all phases of the call.
+    ``full_steps``: how many of them are in phases run in full (``run(..., full=True)``):
+    the cheap passes over the small forget set that do the forgetting, which a budget must
+    not cut in proportion to the retain epochs; the scaled phases get what they leave.
     ``probe_steps``: steps measured before the budget fraction is first computed.
     ``margin``: share of the remaining budget the scaling plans to use (the rest absorbs
     timing noise and the work after the loop).
@@ -200,12 +203,19 @@ class TrainLoop:
         deadline: Deadline,
         *,
         planned_steps: int,
+        full_steps: int = 0,
         probe_steps: int = 3,
         margin: float = 0.85,
         device: torch.device | None = None,
     ):
         self.deadline = deadline
         self.planned_steps = max(1, int(planned_steps))
+        if not 0 <= full_steps <= self.planned_steps:
+            raise ValueError(
+                f"full_steps must lie in [0, planned_steps={self.planned_steps}], got {full_steps}"
+            )
+        self.full_steps = int(full_steps)
+        self.started_full = 0  # planned steps of the full phases started so far
         self.probe_steps = probe_steps
         self.margin = margin
         self._timings = _TIMINGS.get()
@@ -236,13 +246,18 @@ class TrainLoop:
     def seconds_per_step(self) -> float:
         return self.step_seconds / self.steps if self.steps else 0.0
 
-    def _rescale(self, upcoming: int) -> None:
-        """Fraction of the remaining planned steps (``upcoming`` included) that fits."""
+    def _rescale(self, upcoming: int, *, full: bool = False) -> None:
+        """Fraction of the remaining scaled steps (``upcoming`` included) that fits, once
+        the remaining full phases' steps are set aside."""
         if self.deadline.budget_s is None or self.steps < self.probe_steps:
             return
-        left = max(self.planned_steps - self.started + upcoming, 1)
+        full_left = self.full_steps - self.started_full + (upcoming if full else 0)
+        scaled_started = self.started - self.started_full
+        scaled_left = self.planned_steps - self.full_steps - scaled_started
+        scaled_left += 0 if full else upcoming
         affordable = self.margin * self.deadline.remaining() / self.seconds_per_step
-        self.fraction = min(1.0, max(affordable, 0.0) / left)
+        affordable -= max(full_left, 0)
+        self.fraction = min(1.0, max(affordable, 0.0) / max(scaled_left, 1))
 
     def run(
         self,
@@ -251,18 +266,23 @@ class TrainLoop:
         *,
         steps: int,
         schedules: tuple[Schedule, ...] = (),
+        full: bool = False,
     ) -> int:
-        """Up to ``steps`` calls of ``step_fn(batch)`` over ``batches``, scaled to the budget.
+        """Up to ``steps`` calls of ``step_fn(batch)`` over ``batches``, scaled to the budget
+        (``full``: all of them, unless the deadline itself comes; counted in ``full_steps``).
 
         ``step_fn`` does the forward, backward and optimizer step and may return the loss.
         Returns the number of steps run in this phase.
         """
         self.started += steps
-        self._rescale(steps)
+        if full:
+            self.started_full += steps
+        self._rescale(steps, full=full)
         it = iter(batches)
         done = 0
         while True:
-            limit = steps if self.fraction >= 1.0 else max(1, math.ceil(self.fraction * steps))
+            scaled = self.fraction < 1.0 and not full
+            limit = max(1, math.ceil(self.fraction * steps)) if scaled else steps
             if done >= limit or not self._fits_another():
                 break
             t0 = time.perf_counter()
@@ -271,8 +291,8 @@ class TrainLoop:
             except StopIteration:
                 break
             t1 = time.perf_counter()
-            for schedule in schedules:
-                schedule.before_step(self.fraction)
+            for schedule in schedules:  # a full phase's schedule is not compressed
+                schedule.before_step(1.0 if full else self.fraction)
             loss = step_fn(batch)
             if isinstance(loss, torch.Tensor):
                 loss = loss.detach()
@@ -287,7 +307,7 @@ class TrainLoop:
                 self._timings.step_s += t2 - t1
                 self._timings.steps += 1
             if self.steps == self.probe_steps:
-                self._rescale(steps - done)
+                self._rescale(steps - done, full=full)
         return done
 
     def run_epochs(

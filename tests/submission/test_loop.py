@@ -93,6 +93,43 @@ def test_loop_scales_every_phase_to_the_budget():
     assert loop.fraction < 0.15
 
 
+def test_full_phases_run_whole_and_the_scaled_ones_get_what_they_leave():
+    """Steps of 20 ms; 4 forget phases of 3 steps run in full, 4 retain phases of 50 share the
+    rest of a 0.8 s budget (the forget passes are cheap and do the forgetting)."""
+    loop = TrainLoop(Deadline(0.8), planned_steps=4 * (3 + 50), full_steps=12, margin=0.8)
+    start = time.perf_counter()
+    full, scaled = [], []
+    for _ in range(4):
+        full.append(loop.run(range(3), lambda b: time.sleep(0.02), steps=3, full=True))
+        scaled.append(loop.run(range(50), lambda b: time.sleep(0.02), steps=50))
+    assert time.perf_counter() - start < 0.8 + 0.05
+    assert full == [3, 3, 3, 3]
+    assert all(done >= 1 for done in scaled) and sum(scaled) <= 28
+    # the plain loop cuts the forget phases in proportion
+    plain = TrainLoop(Deadline(0.8), planned_steps=4 * (3 + 50), margin=0.8)
+    cut = []
+    for _ in range(4):
+        cut.append(plain.run(range(3), lambda b: time.sleep(0.02), steps=3))
+        plain.run(range(50), lambda b: time.sleep(0.02), steps=50)
+    assert sum(cut) < 12
+
+
+def test_a_full_phases_schedule_is_not_compressed():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = Schedule(optimizer, cosine, planned_steps=4)
+    loop = TrainLoop(Deadline(None), planned_steps=4, full_steps=4)
+    loop.fraction = 0.25  # as if a budget had cut the scaled phases to a quarter
+    lrs = []
+    loop.run(range(4), lambda b: lrs.append(optimizer.param_groups[0]["lr"]), steps=4,
+             schedules=(schedule,), full=True)  # fmt: skip
+    assert lrs == pytest.approx([cosine(k / 4) for k in range(4)])
+
+
+def test_full_steps_must_lie_within_the_plan():
+    with pytest.raises(ValueError, match="full_steps must lie in"):
+        TrainLoop(Deadline(None), planned_steps=3, full_steps=4)
+
+
 def test_loop_never_starts_a_step_it_cannot_finish():
     loop = TrainLoop(Deadline(0.3), planned_steps=1, probe_steps=100)  # no scaling: backstop only
     start = time.perf_counter()
