@@ -43,7 +43,7 @@ from local_eval.common.checks import (
 )
 from local_eval.common.errors import UsageError
 from local_eval.common.files import sha256_of
-from local_eval.training.train import Recipe, default_recipe, get_recipe, train_new_model
+from local_eval.training.train import CUTOFF, Recipe, default_recipe, get_recipe, train_new_model
 from submission.devices import synchronize
 from submission.loop import record_timings, warm_up
 from submission_tools.run.budget import duration
@@ -55,7 +55,6 @@ from submission_tools.run.inputs import (
     run_once,
 )
 
-CUTOFF = 0.2  # organisers' cut-off: unlearning slower than ~20% of retraining is refused
 REFERENCE_WORKLOAD = "v1: 2-conv CNN, batch 64 of 3x32x32, 10 SGD steps, median of 3"
 
 

@@ -22,6 +22,7 @@ from local_eval.reporting.leaderboard import (
     rank,
     write_board,
 )
+from local_eval.runs.pipeline import resolve_budget
 from local_eval.training.cache import ModelCache, default_cache_dir
 
 __all__ = ["main", "parser"]
@@ -49,11 +50,12 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise ValueError("the leaderboard trains the references once for every method, in the "
                          "model cache: drop --no-cache")  # fmt: skip
     names = choose_methods(args.methods)
-    config = eval_config(args)
     out = args.out or _default_out(args.dataset)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
     cache = ModelCache(args.cache_dir or default_cache_dir())
+    # one budget for every method: "auto" resolved once, from the shared original
+    config = resolve_budget(eval_config(args), cache=cache, progress=not args.quiet)
 
     def log(line: str) -> None:
         if not args.quiet:
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     setup = shared.get("setup", {})
     device = setup.get("device", args.device)
     meta = {
-        "title": _title(args, setup),
+        "title": _title(args, setup, config),
         "command": "python -m local_eval leaderboard " + shlex.join(argv),
         "machine": machine(device),
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
@@ -92,10 +94,12 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
-def _title(args: argparse.Namespace, setup: dict) -> str:
+def _title(args: argparse.Namespace, setup: dict, config) -> str:
     forget = setup.get("forget", args.forget or "default forget set")
-    budget = "no budget" if args.budget_s is None else f"{args.budget_s:g} s per run"
-    return f"{args.dataset}, forget {forget}, N = {args.n_models}, {budget}"
+    budget = "no budget" if config.budget_s is None else f"{config.budget_s:.3g} s per run"
+    if args.budget_s == "auto":
+        budget += " (auto: 20% of the original's training)"
+    return f"{args.dataset}, forget {forget}, N = {config.n_models}, {budget}"
 
 
 def _default_out(dataset: str) -> Path:

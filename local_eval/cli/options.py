@@ -20,8 +20,13 @@ from local_eval.common.errors import RunTimeout, UsageError
 from local_eval.common.files import check_out_folder, folder_lock
 from local_eval.runs.backends import BACKENDS
 from local_eval.runs.checkpoints import open_checkpoints
-from local_eval.runs.loading import load_unlearning, parse_hyperparameters, with_time_limit
-from local_eval.runs.pipeline import EvalConfig
+from local_eval.runs.loading import (
+    PER_BUDGET,
+    load_unlearning,
+    parse_hyperparameters,
+    with_time_limit,
+)
+from local_eval.runs.pipeline import AUTO_BUDGET, EvalConfig
 from local_eval.training.batched import TRAINERS
 from local_eval.training.cache import CACHE_ENV, default_cache_dir
 
@@ -79,9 +84,10 @@ RUN_OPTIONS = (
     Option("n_models", "models per group (default 32; with --checkpoints: as many as given)", int),
     Option(
         "budget_s",
-        "seconds per unlearning run, passed as budget_s to methods that take it "
-        "(default: none, each method's full recipe)",
-        float,
+        "seconds per unlearning run, passed as budget_s to methods that take it: auto (the "
+        "default: the competition's rule, 20%% of one retraining as measured on the "
+        "original's own training), a number, or none (each method's full recipe)",
+        lambda text: budget_value(text),
     ),
     Option("device", "auto (cuda if available), cpu, cuda, cuda:N"),
     Option("seed", "split and model seeds", int),
@@ -122,6 +128,20 @@ RUN_OPTIONS = (
     ),
 )
 CONFIG_OPTIONS = DATA_OPTIONS + RUN_OPTIONS
+
+
+def budget_value(text: str) -> float | str | None:
+    """``--budget-s``: ``auto``, ``none`` or seconds (checked, with the other options, by
+    :class:`EvalConfig`)."""
+    word = text.strip().lower()
+    if word in (AUTO_BUDGET, "none"):
+        return None if word == "none" else AUTO_BUDGET
+    try:
+        return float(word)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give auto, none or a number of seconds"
+        ) from None
 
 
 DEFAULT_LATER = ("n_models",)  # None on the command line: filled in by eval_config
@@ -234,13 +254,15 @@ def reporting_errors(command: Callable[[], int], *, debug: bool) -> int:
         return 1
 
 
-def run_timeout(args: argparse.Namespace) -> float | None:
-    """``--run-timeout-s``, else 10 x the budget + 60 s (a hang), else none."""
+def run_timeout(args: argparse.Namespace) -> float | str:
+    """``--run-timeout-s``, else :data:`PER_BUDGET` (10 x a run's budget + 60 s; none
+    without a budget), resolved when the run is called (an ``auto`` budget is known only
+    once the original is trained)."""
     if args.run_timeout_s is not None:
         if not args.run_timeout_s > 0:
             raise ValueError(f"--run-timeout-s must be positive, got {args.run_timeout_s}")
         return args.run_timeout_s
-    return None if args.budget_s is None else 10 * args.budget_s + 60
+    return PER_BUDGET
 
 
 def cache_root(args: argparse.Namespace) -> Path | None:

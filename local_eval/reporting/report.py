@@ -37,12 +37,12 @@ import numpy as np
 from local_eval.scoring import metric
 from local_eval.scoring.sanity import loss_attack_accuracy
 from local_eval.training.signals import GROUPS, EvalSignals, GroupSignals, example_losses
+from local_eval.training.train import CUTOFF
 
 __all__ = ["build_report", "format_summary", "write_report"]
 
 N_BOOTSTRAP = 2000
 HARDEST_SHOWN = 6  # examples in the confidence plot
-SLOW_RUN_RATIO = 0.2  # the organisers' cut-off: unlearning slower than 20% of a retraining
 
 GROUP_LABELS = {
     "unlearned": "unlearned (the submission)",
@@ -142,8 +142,8 @@ def _time_figures(run_s: np.ndarray, retrain_s: float, *, amortised: bool) -> di
     return {
         **figures,
         "ratio_to_retraining": _ratio(float(np.mean(run_s)), retrain_s),
-        "slow_runs": int(np.sum(run_s > SLOW_RUN_RATIO * retrain_s)),
-        "slow_run_threshold_s": SLOW_RUN_RATIO * retrain_s,
+        "slow_runs": int(np.sum(run_s > CUTOFF * retrain_s)),
+        "slow_run_threshold_s": CUTOFF * retrain_s,
     }
 
 
@@ -360,7 +360,7 @@ def _budget_line(method: dict) -> list[str]:
     if method.get("budget_s") is None:
         return []
     return [
-        f"budget: {method['budget_s']:g} s per run; {method['runs_over_budget']} run(s) over it"
+        f"budget: {method['budget_s']:.3g} s per run; {method['runs_over_budget']} run(s) over it"
     ]
 
 

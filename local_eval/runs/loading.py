@@ -47,6 +47,7 @@ from local_eval.common.errors import UsageError
 from local_eval.common.timing import time_limit
 
 __all__ = [
+    "PER_BUDGET",
     "USER_MODULE_PREFIX",
     "LoadedMethod",
     "load_unlearning",
@@ -56,6 +57,7 @@ __all__ = [
 ]
 
 ENTRY_POINT = "unlearning"
+PER_BUDGET = "per budget"  # a run's hard limit: 10 x its budget + 60 s
 USER_MODULE_PREFIX = "_user_"  # the modules of a --submission file or notebook's definitions
 
 
@@ -72,12 +74,29 @@ class LoadedMethod:
     accepts_budget: bool  # whether ``budget_s=`` can be passed
     notes: tuple[str, ...] = field(default=())  # what the notebook rule skipped, say
     overrides: Mapping[str, object] = field(default_factory=dict)  # keyword hyperparameters
+    # a call still going after this is a hang, interrupted (RunTimeout): seconds, PER_BUDGET
+    # (10 x the call's budget + 60 s; none without one), or None (no limit)
+    timeout: float | str | None = None
 
     def __call__(self, net, retain, forget, val, *, budget_s: float | None = None):
         kwargs = dict(self.overrides)
         if self.accepts_budget:
             kwargs["budget_s"] = budget_s
-        return self.fn(net, retain, forget, val, **kwargs)
+        limit = self.time_limit_s(budget_s)
+        if limit is None:
+            return self.fn(net, retain, forget, val, **kwargs)
+        message = (  # the pipeline puts which run in front
+            f"was still going after {limit:g} s (--run-timeout-s): it looks hung; "
+            "make it honour budget_s, or raise --run-timeout-s"
+        )
+        with time_limit(limit, message):
+            return self.fn(net, retain, forget, val, **kwargs)
+
+    def time_limit_s(self, budget_s: float | None) -> float | None:
+        """The hard limit of a call given ``budget_s`` (see :attr:`timeout`)."""
+        if self.timeout == PER_BUDGET:
+            return None if budget_s is None else 10 * budget_s + 60
+        return self.timeout
 
     @property
     def name(self) -> str:
@@ -385,18 +404,9 @@ def _is_constant(node: ast.expr) -> bool:
     return all(isinstance(n, _CONSTANT_NODES) for n in ast.walk(node))
 
 
-def with_time_limit(method, limit_s: float | None):
-    """``method`` whose every call is interrupted after ``limit_s`` seconds (a hang)."""
-    if limit_s is None:
-        return method
-    fn = method.fn
-    message = (  # the pipeline puts which run in front
-        f"was still going after {limit_s:g} s (--run-timeout-s): it looks hung; "
-        "make it honour budget_s, or raise --run-timeout-s"
-    )
-
-    def limited(*args, **kwargs):
-        with time_limit(limit_s, message):
-            return fn(*args, **kwargs)
-
-    return dataclasses.replace(method, fn=limited)
+def with_time_limit(method: LoadedMethod, limit_s: float | str | None) -> LoadedMethod:
+    """``method`` whose every call is interrupted after ``limit_s`` seconds (a hang), or with
+    :data:`PER_BUDGET` after 10 x the call's budget + 60 s; ``None``: no limit."""
+    if limit_s is not None and limit_s != PER_BUDGET and not limit_s > 0:
+        raise ValueError(f"the run time limit must be positive seconds, got {limit_s!r}")
+    return dataclasses.replace(method, timeout=limit_s)

@@ -24,6 +24,7 @@ references so that a broken submission fails in seconds, not after the long trai
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import sys
@@ -54,7 +55,13 @@ from local_eval.training.batched import (
 from local_eval.training.cache import ModelCache, digest_tensors
 from local_eval.training.models import build_model, default_arch
 from local_eval.training.signals import EvalSignals, ModelRecord, model_record
-from local_eval.training.train import Recipe, default_recipe, get_recipe, train_new_model
+from local_eval.training.train import (
+    CUTOFF,
+    Recipe,
+    default_recipe,
+    get_recipe,
+    train_new_model,
+)
 from submission.loop import warm_up
 
 __all__ = [
@@ -65,6 +72,7 @@ __all__ = [
     "combine",
     "model_seed",
     "prepare_original",
+    "resolve_budget",
     "resolve_device",
     "resolve_threads",
     "resolve_workers",
@@ -72,6 +80,9 @@ __all__ = [
     "run_shard",
     "train_record",
 ]
+
+AUTO_BUDGET = "auto"
+
 
 @dataclass(frozen=True)
 class EvalConfig:
@@ -85,7 +96,9 @@ class EvalConfig:
     n_models: int = 32
     device: str = "auto"
     seed: int = 0
-    budget_s: float | None = None  # per unlearning run; None: the method's full recipe
+    # seconds per unlearning run: AUTO_BUDGET (the competition's rule: CUTOFF x the original's
+    # own training, resolve_budget), a number, or None (the method's full recipe)
+    budget_s: float | str | None = "auto"
     workers: int | None = None  # processes training models; None: resolve_workers()
     threads: int | None = None  # torch threads per process on CPU; None: resolve_threads()
     trainer: str = "sequential"  # or "batched" (local_eval.training.batched): groups per call
@@ -102,8 +115,13 @@ class EvalConfig:
             raise ValueError(
                 f"n_models must be at least 2 (the metric compares groups), got {self.n_models!r}"
             )
-        if self.budget_s is not None and not self.budget_s > 0:
-            raise ValueError(f"budget_s must be positive seconds, got {self.budget_s!r}")
+        budget = self.budget_s
+        if budget != AUTO_BUDGET and budget is not None and not (
+            isinstance(budget, (int, float)) and budget > 0
+        ):
+            raise ValueError(
+                f"budget_s must be positive seconds, {AUTO_BUDGET!r} or None, got {budget!r}"
+            )
         for name in ("workers", "threads"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -202,7 +220,8 @@ def run_shard(
     """The records of ``shard``'s jobs (:mod:`local_eval.runs.jobs`), nothing else.
 
     ``method`` is the submission to run, or :class:`Checkpoints` it already wrote (scored
-    as its runs, in their order)."""
+    as its runs, in their order). An ``"auto"`` budget is resolved first, from the recipe's
+    original (:func:`resolve_budget`)."""
     stages: dict[str, float] = {}
     with _opened(config, stages) as (setup, arch, recipe, backend):
         given = given_original(config, method, setup, arch)
@@ -210,6 +229,11 @@ def run_shard(
             setup, arch, recipe, cache, backend, progress, config.trainer,
             original_sha256=None if given is None else given[1],
         )  # fmt: skip
+        if isinstance(method, Checkpoints):  # no runs: their budget was the submitter's
+            config = dataclasses.replace(config, budget_s=None)
+        if config.budget_s == AUTO_BUDGET:
+            with _stage(stages, "original"):
+                config = dataclasses.replace(config, budget_s=CUTOFF * models.original_seconds())
         jobs = shard.select(evaluation_jobs(config.n_models))
         wanted = {role: [job.index for job in jobs if job.role == role] for role in ROLES}
         original = digest = None
@@ -295,6 +319,22 @@ def competition_original(dataset: str) -> Path | None:
         return None
     path = Path(where) / "original_model.pth"
     return path if path.is_file() else None
+
+
+def resolve_budget(
+    config: EvalConfig, *, cache: ModelCache, progress: bool = True
+) -> EvalConfig:
+    """``config`` with an ``"auto"`` budget replaced by the competition's rule: ``CUTOFF``
+    (20%) of one retraining, as measured on the original's own training (the recipe's
+    original, trained now or read from ``cache``; with ``--original`` too, whose training
+    seconds are not known). Other configs come back as they are. Shards that share a cache
+    resolve it alike; the resolved number is part of a shard's identity, so a merge refuses
+    shards that resolved it differently."""
+    if config.budget_s != AUTO_BUDGET:
+        return config
+    with _opened(config, {}) as (setup, arch, recipe, backend):
+        models = _ModelSource(setup, arch, recipe, cache, backend, progress, config.trainer)
+        return dataclasses.replace(config, budget_s=CUTOFF * models.original_seconds())
 
 
 def prepare_original(
@@ -465,6 +505,11 @@ class _ModelSource:
             self.cache.save_weights(key, seed, weights)
             self._keep("original", key, seed, record)
         return weights
+
+    def original_seconds(self) -> float:
+        """Seconds the original's training took (it is trained now, or read back)."""
+        self.original_weights()  # (trained with its record, or both read back)
+        return float(self.records({"original": [0]})[Job("original", 0)].seconds)
 
     def records(self, indices: Mapping[str, Sequence[int]]) -> dict[Job, ModelRecord]:
         """The models ``indices[role]`` of each role, training only the ones missing from

@@ -250,3 +250,48 @@ def test_models_trained_on_a_gpu_are_cached_apart_from_cpu_ones(tmp_path):
     assert key("cpu") != key("cuda")
     assert key("cuda:1") == key("cuda")  # the kind of device, not which one
     assert len({key("cpu"), key("cuda"), key("cpu", "batched"), key("cuda", "batched")}) == 4
+
+
+def test_the_default_budget_is_the_competitions_rule(tmp_path):
+    """auto: each run gets 20% of the original's own training seconds (read from the cache)."""
+    from local_eval.runs.jobs import model_seed
+    from local_eval.runs.pipeline import AUTO_BUDGET, resolve_budget
+    from local_eval.training.train import CUTOFF
+
+    budgets = []
+
+    def records_its_budget(net, retain, forget, val, *, budget_s=None):
+        budgets.append(budget_s)
+        return net
+
+    config = EvalConfig(n_models=2, recipe_overrides={"epochs": 1}, workers=1, threads=1)
+    assert config.budget_s == AUTO_BUDGET
+    cache = ModelCache(tmp_path)
+    loaded = LoadedMethod(records_its_budget, "test:budget", accepts_budget=True)
+    result = run_evaluation(config, loaded, cache=cache, progress=False)
+    key = next(p.name for p in tmp_path.iterdir() if p.is_dir() and "original" in (
+        (p / "meta.json").read_text() if (p / "meta.json").exists() else ""))  # fmt: skip
+    original = cache.load(key, model_seed(0, "original", 0))
+    assert original is not None and original.seconds > 0
+    assert result.config.budget_s == pytest.approx(CUTOFF * original.seconds)
+    assert budgets == [result.config.budget_s] * 2  # every run got it
+    assert resolve_budget(config, cache=cache, progress=False).budget_s == result.config.budget_s
+    assert resolve_budget(dataclasses.replace(config, budget_s=3.0), cache=cache).budget_s == 3.0
+
+
+@pytest.mark.parametrize("bad", ["fast", -1.0, 0.0, float("nan")])
+def test_a_budget_is_auto_none_or_positive_seconds(bad):
+    with pytest.raises(ValueError, match="budget_s must be positive seconds, 'auto' or None"):
+        EvalConfig(budget_s=bad)
+    assert EvalConfig(budget_s=None).budget_s is None
+
+
+def test_the_run_time_limit_follows_each_runs_budget():
+    from local_eval.runs.loading import PER_BUDGET, with_time_limit
+
+    limited = with_time_limit(method(untouched), PER_BUDGET)
+    assert limited.time_limit_s(2.0) == 80.0 and limited.time_limit_s(None) is None
+    assert with_time_limit(method(untouched), 5.0).time_limit_s(2.0) == 5.0
+    assert method(untouched).time_limit_s(2.0) is None
+    with pytest.raises(ValueError, match="must be positive seconds"):
+        with_time_limit(method(untouched), 0)

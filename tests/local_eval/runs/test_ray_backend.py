@@ -35,7 +35,8 @@ def ray_instance():
 
 
 def evaluate(method, **config):
-    config = EvalConfig(n_models=2, recipe_overrides={"epochs": 1}, workers=1, threads=1, **config)
+    config = EvalConfig(n_models=2, recipe_overrides={"epochs": 1}, workers=1, threads=1,
+                        budget_s=None, **config)  # records compared bitwise: no clock  # fmt: skip
     return run_evaluation(config, method, cache=ModelCache(None), progress=False)
 
 

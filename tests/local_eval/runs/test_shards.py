@@ -12,9 +12,10 @@ from local_eval.cli.main import main
 from local_eval.runs.jobs import Shard
 from local_eval.runs.shards import check_shard_folder, merge_shards, read_shard
 
-# N = 3 so the two shards get uneven shares of the roles; no budget: the method's full
-# recipe, so a run does not depend on how busy the machine is
-OPTIONS = ["--n-models", "3", "--epochs", "1", "--workers", "1", "--threads", "1", "--quiet",
+# N = 3 so the two shards get uneven shares of the roles; no budget (--budget-s none, not the
+# default auto): the method's full recipe, so a run does not depend on how busy the machine is
+OPTIONS = ["--budget-s", "none", "--n-models", "3", "--epochs", "1", "--workers", "1",
+           "--threads", "1", "--quiet",
            "--method", "finetune"]  # fmt: skip
 
 
