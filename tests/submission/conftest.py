@@ -1,10 +1,12 @@
 """Tiny models and loaders for the submission tests (CPU, milliseconds per step)."""
 
+import contextlib
 import time
 
 import pytest
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 torch.set_num_threads(1)
@@ -116,3 +118,19 @@ class Untouchable:
 
     def __iter__(self):
         raise AssertionError("a loader the method must not read was read")
+
+
+@contextlib.contextmanager
+def recorded_steps():
+    """Every optimizer step taken inside the block: ``(optimizer id, lr, momentum, wd)``."""
+    steps = []
+
+    def hook(optimizer, args, kwargs):
+        group = optimizer.param_groups[0]
+        steps.append((id(optimizer), group["lr"], group["momentum"], group["weight_decay"]))
+
+    handle = register_optimizer_step_pre_hook(hook)
+    try:
+        yield steps
+    finally:
+        handle.remove()

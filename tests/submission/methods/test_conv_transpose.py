@@ -1,6 +1,5 @@
 """``conv_transpose``: its published defaults and its signature step."""
 
-import contextlib
 import copy
 import inspect
 import warnings
@@ -8,7 +7,6 @@ import warnings
 import pytest
 import torch
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torchvision.models import resnet18
 
 from submission import METHODS, seed_everything
@@ -20,25 +18,10 @@ from tests.submission.conftest import (
     make_data,
     make_loader,
     make_net,
+    recorded_steps,
 )
 
 conv_transpose = METHODS["conv_transpose"]
-
-
-@contextlib.contextmanager
-def recorded_steps():
-    """Every optimizer step taken inside the block: ``(optimizer id, lr, momentum, wd)``."""
-    steps = []
-
-    def hook(optimizer, args, kwargs):
-        group = optimizer.param_groups[0]
-        steps.append((id(optimizer), group["lr"], group["momentum"], group["weight_decay"]))
-
-    handle = register_optimizer_step_pre_hook(hook)
-    try:
-        yield steps
-    finally:
-        handle.remove()
 
 
 def test_defaults_are_the_teams_recipe():
