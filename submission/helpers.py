@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "NORMS",
     "apply_grad_masks",
     "cross_entropy_step",
     "device_of",
@@ -20,8 +21,10 @@ __all__ = [
     "layers_of_type",
     "num_classes",
     "penultimate_features",
+    "projection_shortcuts",
     "random_wrong_labels",
     "reinitialise",
+    "reinitialise_tensors",
     "teacher_kl",
 ]
 
@@ -135,3 +138,34 @@ def cross_entropy_step(net: nn.Module, optimizer, *, before_step=None):
         return loss
 
     return step
+
+
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def projection_shortcuts(net: nn.Module) -> list[nn.Module]:
+    """The layers of the projection shortcuts: every 1x1 ``nn.Conv2d`` and the BatchNorm
+    registered right after it (a ResNet ``downsample``: conv 1x1 + BatchNorm), in order."""
+    layers = layers_of_type(net, nn.Conv2d, *NORMS)
+    found = []
+    for i, layer in enumerate(layers):
+        if isinstance(layer, nn.Conv2d) and layer.kernel_size == (1, 1):
+            found.append(layer)
+            if i + 1 < len(layers) and isinstance(layers[i + 1], NORMS):
+                found.append(layers[i + 1])
+    return found
+
+
+@torch.no_grad()
+def reinitialise_tensors(entries: list[tuple[nn.Module, str]]) -> None:
+    """Redraws each ``(layer, name)`` tensor from its layer's default initialisation, in place:
+    ``reset_parameters`` on one copy of each layer (torch's generator), whose drawn tensors are
+    copied back, so the layer's other tensors and its buffers stay as they are."""
+    names: dict[int, tuple[nn.Module, set[str]]] = {}
+    for module, name in entries:
+        names.setdefault(id(module), (module, set()))[1].add(name)
+    for module, drawn in names.values():
+        fresh = copy.deepcopy(module)
+        fresh.reset_parameters()
+        for name in drawn:
+            getattr(module, name).copy_(getattr(fresh, name))
