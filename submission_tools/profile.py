@@ -43,6 +43,7 @@ from local_eval.common.checks import (
 )
 from local_eval.common.errors import UsageError
 from local_eval.common.files import sha256_of
+from local_eval.data.setup import LOADER_BATCH
 from local_eval.training.train import CUTOFF, Recipe, default_recipe, get_recipe, train_new_model
 from submission.devices import synchronize
 from submission.loop import record_timings, warm_up
@@ -281,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: by arch and data, the evaluator's choice)",
     )
     p.add_argument("--retrain-epochs", type=int, help="override the recipe's epochs")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=LOADER_BATCH)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     speed = p.add_mutually_exclusive_group()

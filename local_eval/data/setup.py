@@ -63,6 +63,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 __all__ = [
     "DATASETS",
     "KAGGLE_COLUMNS",
+    "LOADER_BATCH",
     "DataSetup",
     "Split",
     "load_setup",
@@ -211,8 +212,11 @@ class SplitDataset(Dataset):
         return {k: v[0] for k, v in item.items()}
 
 
+LOADER_BATCH = 64  # the competition template's loaders: every run, every command
+
+
 def make_loader(
-    split: Split, *, batch_size: int = 64, shuffle: bool = True, seed: int | None = None
+    split: Split, *, batch_size: int = LOADER_BATCH, shuffle: bool = True, seed: int | None = None
 ) -> DataLoader:
     """A loader of dict batches over ``split`` (the competition template's batch size 64).
 

@@ -18,17 +18,14 @@ from dataclasses import dataclass
 from torch import nn
 
 from local_eval.common.errors import RunTimeout
-from local_eval.data.setup import DataSetup, make_loader
+from local_eval.data.setup import LOADER_BATCH, DataSetup, make_loader
 from local_eval.runs.jobs import model_seed
 from local_eval.runs.loading import LoadedMethod
 from local_eval.training.models import build_model
 from submission.devices import synchronize
 from submission.seeding import seed_everything
 
-__all__ = ["LOADER_BATCH", "SubmissionError", "UnlearningRun", "run_seed", "unlearn"]
-
-LOADER_BATCH = 64  # the competition template's loaders
-
+__all__ = ["SubmissionError", "UnlearningRun", "run_seed", "unlearn"]
 
 class SubmissionError(ValueError):
     """The evaluated ``unlearning`` raised, or returned something that cannot be scored."""

@@ -4,8 +4,9 @@ import argparse
 import sys
 
 from local_eval.common.errors import RunTimeout
+from local_eval.data.setup import LOADER_BATCH
 from submission_tools.run.folder import ZIP_NAME
-from submission_tools.run.job import BATCH_SIZE, RunJob
+from submission_tools.run.job import RunJob
 from submission_tools.run.runner import run_job
 
 
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="run i uses seed + i")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    p.add_argument("--batch-size", type=int, default=LOADER_BATCH)
     p.add_argument("--zip", action="store_true", help=f"also write {ZIP_NAME}")
     p.add_argument(
         "--shard",

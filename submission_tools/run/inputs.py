@@ -7,9 +7,9 @@ import torch
 from local_eval.common.checks import check_file, check_state_dict_fits, load_state_dict, non_finite
 from local_eval.common.errors import UsageError
 from local_eval.common.files import sha256_of
-from local_eval.data.setup import load_setup
+from local_eval.data.setup import LOADER_BATCH, load_setup
 from local_eval.runs.loading import LoadedMethod, load_unlearning, parse_hyperparameters
-from local_eval.runs.unlearning import LOADER_BATCH, SubmissionError, unlearn
+from local_eval.runs.unlearning import SubmissionError, unlearn
 from local_eval.training.models import build_model, default_arch
 from submission.devices import cuda_problem
 

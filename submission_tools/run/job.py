@@ -11,8 +11,8 @@ from local_eval.common.checks import check_positive
 from local_eval.common.errors import UsageError
 from local_eval.common.files import sha256_of
 from local_eval.common.shard_text import split_shard
+from local_eval.data.setup import LOADER_BATCH
 
-BATCH_SIZE = 64  # the competition template's loaders
 SHARE_OF_BUDGET = 0.9  # per-run share of the even split; the rest pays for saving and loading
 # How checkpoint j is seeded (local_eval.runs.unlearning): recorded, so that a folder written
 # under another rule (earlier kits: seed + j) is never resumed as if it were this job's.
@@ -47,7 +47,7 @@ class RunJob:
     budget_s: float | None = None
     seed: int = 0
     device: str | None = None
-    batch_size: int = BATCH_SIZE
+    batch_size: int = LOADER_BATCH
     zip: bool = False
     shard: str | None = None  # "i/K", or None for every checkpoint
     debug: bool = False
