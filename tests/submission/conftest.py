@@ -1,6 +1,7 @@
 """Tiny models and loaders for the submission tests (CPU, milliseconds per step)."""
 
 import contextlib
+import inspect
 import time
 
 import pytest
@@ -122,15 +123,25 @@ class Untouchable:
 
 @contextlib.contextmanager
 def recorded_steps():
-    """Every optimizer step taken inside the block: ``(optimizer id, lr, momentum, wd)``."""
+    """Every optimizer step taken inside the block, as ``(optimizer, lr, momentum, weight
+    decay, number of parameters)`` of its first parameter group (the optimizer itself, not its
+    id: a collected optimizer's id can be reused by the next)."""
     steps = []
 
     def hook(optimizer, args, kwargs):
         group = optimizer.param_groups[0]
-        steps.append((id(optimizer), group["lr"], group["momentum"], group["weight_decay"]))
+        steps.append(
+            (optimizer, group["lr"], group["momentum"], group["weight_decay"], len(group["params"]))
+        )
 
     handle = register_optimizer_step_pre_hook(hook)
     try:
         yield steps
     finally:
         handle.remove()
+
+
+def keyword_defaults(fn) -> dict:
+    """``fn``'s keyword-only parameters and their defaults (a method's published settings)."""
+    params = inspect.signature(fn).parameters
+    return {k: p.default for k, p in params.items() if p.kind is p.KEYWORD_ONLY}

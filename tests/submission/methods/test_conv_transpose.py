@@ -1,7 +1,6 @@
 """``conv_transpose``: its published defaults and its signature step."""
 
 import copy
-import inspect
 import warnings
 
 import pytest
@@ -15,6 +14,7 @@ from tests.submission.conftest import (
     CLASSES,
     SlowLoader,
     Untouchable,
+    keyword_defaults,
     make_data,
     make_loader,
     make_net,
@@ -27,8 +27,7 @@ conv_transpose = METHODS["conv_transpose"]
 def test_defaults_are_the_teams_recipe():
     # xcadet/deepunlearn munl/unlearning/kgltop5.py l. 46-49: 3 epochs, SGD lr 1e-3, mom 0.9,
     # weight decay 5e-4
-    params = inspect.signature(conv_transpose).parameters
-    defaults = {k: p.default for k, p in params.items() if p.kind is p.KEYWORD_ONLY}
+    defaults = keyword_defaults(conv_transpose)
     assert defaults == {
         "budget_s": None,
         "epochs": 3,

@@ -1,15 +1,12 @@
 """``forget_free``: its published defaults and its signature step."""
 
-import contextlib
 import copy
-import inspect
 import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torchvision.models import resnet18
 
 from submission import METHODS, seed_everything
@@ -25,28 +22,14 @@ from tests.submission.conftest import (
     CLASSES,
     SlowLoader,
     Untouchable,
+    keyword_defaults,
     make_data,
     make_loader,
     make_net,
+    recorded_steps,
 )
 
 forget_free = METHODS["forget_free"]
-
-
-@contextlib.contextmanager
-def recorded_steps():
-    """Every optimizer step inside the block: ``(optimizer, lr, momentum, weight decay)``."""
-    steps = []
-
-    def hook(optimizer, args, kwargs):
-        group = optimizer.param_groups[0]
-        steps.append((optimizer, group["lr"], group["momentum"], group["weight_decay"]))
-
-    handle = register_optimizer_step_pre_hook(hook)
-    try:
-        yield steps
-    finally:
-        handle.remove()
 
 
 def test_defaults_are_the_teams_recipe():
@@ -54,8 +37,7 @@ def test_defaults_are_the_teams_recipe():
     # "Experimental Settings"): 3 cycles of [1, 2, 2] epochs, 6 layers per cycle, image noise
     # sigma 0.01, cosine init_lr 0.001, T_max 2. Momentum 0.9 and weight decay 5e-4 are the
     # competition template's SGD: the team does not give its optimiser.
-    params = inspect.signature(forget_free).parameters
-    defaults = {k: p.default for k, p in params.items() if p.kind is p.KEYWORD_ONLY}
+    defaults = keyword_defaults(forget_free)
     assert defaults == {
         "budget_s": None,
         "cycle_epochs": (1, 2, 2),
@@ -166,7 +148,7 @@ def test_one_sgd_over_the_five_epochs_at_the_published_rates(tiny_setup, hyperpa
         forget_free(net, retain, Untouchable(), Untouchable(), **hyperparameters)
     assert len(steps) == 5 * 20
     assert all(s[0] is steps[0][0] for s in steps)  # one optimizer for the whole call
-    assert {s[2:] for s in steps} == {(0.9, 5e-4)}
+    assert {s[2:4] for s in steps} == {(0.9, 5e-4)}
     for epoch, rate in enumerate(rates):
         assert [s[1] for s in steps[20 * epoch : 20 * (epoch + 1)]] == pytest.approx(
             [rate] * 20, abs=1e-15

@@ -1,13 +1,10 @@
 """``noise_injection``: its published defaults and its signature step."""
 
-import contextlib
 import copy
-import inspect
 import warnings
 
 import pytest
 import torch
-from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torchvision.models import resnet18
 
 from submission import METHODS, seed_everything
@@ -21,32 +18,14 @@ from tests.submission.conftest import (
     CLASSES,
     SlowLoader,
     Untouchable,
+    keyword_defaults,
     make_data,
     make_loader,
     make_net,
+    recorded_steps,
 )
 
 noise_injection = METHODS["noise_injection"]
-
-
-@contextlib.contextmanager
-def recorded_steps():
-    """Every optimizer step inside the block: ``(optimizer, lr, momentum, wd, tensors)``.
-
-    The optimizer object itself is kept (not its ``id``, which a freed one may pass on)."""
-    steps = []
-
-    def hook(optimizer, args, kwargs):
-        group = optimizer.param_groups[0]
-        steps.append(
-            (optimizer, group["lr"], group["momentum"], group["weight_decay"], len(group["params"]))
-        )
-
-    handle = register_optimizer_step_pre_hook(hook)
-    try:
-        yield steps
-    finally:
-        handle.remove()
 
 
 def test_defaults_are_the_teams_recipe():
@@ -54,8 +33,7 @@ def test_defaults_are_the_teams_recipe():
     # reset epoch (l. 12-14); 9 tensors per epoch (l. 91); noise ratio 0.7, std 0.04 (l. 33-34);
     # lr 2e-4 (l. 23); the fine epochs' rates (l. 15-22 read at l. 113-117); momentum 0.9 and
     # weight decay 5e-4 for both (l. 24-25, 30-31)
-    params = inspect.signature(noise_injection).parameters
-    defaults = {k: p.default for k, p in params.items() if p.kind is p.KEYWORD_ONLY}
+    defaults = keyword_defaults(noise_injection)
     assert defaults == {
         "budget_s": None,
         "epochs": 9,
@@ -117,7 +95,7 @@ def test_noise_is_absolute_and_batchnorm_trains_every_epoch_on_resnet18():
         assert diff.std().item() == pytest.approx(0.04, rel=0.05)
         assert abs(diff.mean().item()) < 0.004
     # a fresh SGD each epoch: 9 drawn tensors + the 34 BatchNorm ones for 5 epochs, then all 62
-    assert len(steps) == 9 and len({id(s[0]) for s in steps}) == 9
+    assert len(steps) == 9 and len({s[0] for s in steps}) == 9
     assert [s[4] for s in steps] == [9 + 34] * 5 + [62] * 4
     assert {s[2:4] for s in steps} == {(0.9, 5e-4)}
 

@@ -1,7 +1,6 @@
 """``reset_distill``: its published defaults and its signature step."""
 
 import copy
-import inspect
 import math
 import warnings
 
@@ -20,6 +19,7 @@ from tests.submission.conftest import (
     CLASSES,
     SlowLoader,
     Untouchable,
+    keyword_defaults,
     make_data,
     make_loader,
     make_net,
@@ -32,8 +32,7 @@ reset_distill = METHODS["reset_distill"]
 def test_defaults_are_the_teams_recipe():
     # xcadet/deepunlearn munl/unlearning/kgltop6.py l. 55-65: warm-up 3 epochs, SGD 9e-4,
     # mom 0.9, wd 5e-4; retain 3 epochs, SGD 1e-3, mom 0.9, wd 5e-4; temperature 5
-    params = inspect.signature(reset_distill).parameters
-    defaults = {k: p.default for k, p in params.items() if p.kind is p.KEYWORD_ONLY}
+    defaults = keyword_defaults(reset_distill)
     assert defaults == {
         "budget_s": None,
         "distill_epochs": 3,
@@ -95,8 +94,8 @@ def test_warm_up_on_val_at_a_constant_rate_then_a_fresh_sgd_on_retain(tiny_setup
     warm_up, fine_tune = steps[:12], steps[12:]
     assert len({s[0] for s in warm_up}) == 1 and len({s[0] for s in fine_tune}) == 1
     assert warm_up[0][0] != fine_tune[0][0]  # a fresh optimizer for the retain phase
-    assert {s[1:] for s in warm_up} == {(9e-4, 0.9, 5e-4)}  # no schedule
-    assert {s[2:] for s in fine_tune} == {(0.9, 5e-4)}
+    assert {s[1:4] for s in warm_up} == {(9e-4, 0.9, 5e-4)}  # no schedule
+    assert {s[2:4] for s in fine_tune} == {(0.9, 5e-4)}
     # CosineAnnealingLR(T_max=3) stepped per epoch: 1e-3 * (1 + cos(pi * e / 3)) / 2
     rates = [s[1] for s in fine_tune]
     for epoch, lr in enumerate([1e-3, 7.5e-4, 2.5e-4]):
