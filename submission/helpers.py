@@ -6,6 +6,7 @@ runs on the kit's small CNN as well as on torchvision's ResNet-18.
 """
 
 import copy
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +14,7 @@ from torch import nn
 
 __all__ = [
     "NORMS",
+    "RecoveryCutWarning",
     "apply_grad_masks",
     "cross_entropy_step",
     "device_of",
@@ -26,6 +28,7 @@ __all__ = [
     "reinitialise",
     "reinitialise_tensors",
     "teacher_kl",
+    "warn_if_recovery_cut",
 ]
 
 
@@ -169,3 +172,32 @@ def reinitialise_tensors(entries: list[tuple[nn.Module, str]]) -> None:
         fresh.reset_parameters()
         for name in drawn:
             getattr(module, name).copy_(getattr(fresh, name))
+
+
+class RecoveryCutWarning(UserWarning):
+    """A budget cut the recovery that a method's published damage (noise, pruning,
+    re-initialisation, a forget phase run whole) was sized for; each such method has its own
+    subclass."""
+
+
+def warn_if_recovery_cut(
+    method: str,
+    *,
+    done: int,
+    planned: int,
+    steps: str,
+    damage: str,
+    budget_s,
+    category: type[RecoveryCutWarning] = RecoveryCutWarning,
+) -> None:
+    """Warn (``category``) when only ``done`` of the ``planned`` recovery ``steps`` ran: the
+    ``damage`` was done for the published recovery, so the model may be under-trained."""
+    if done >= planned:
+        return
+    warnings.warn(
+        f"{method}: only {done} of the {planned} planned {steps} fit in budget_s={budget_s}; "
+        f"{damage} for the published recovery, so the model may be under-trained. Give it a "
+        "larger budget_s.",
+        category,
+        stacklevel=3,
+    )

@@ -47,18 +47,23 @@ of the planned retain steps ran. ``budget_s=None`` runs the recipe in full. ``ep
 the transposed model untrained.
 """
 
-import warnings
 
 import torch
 from torch import nn
 
 from ..batches import count_batches, device_batches
-from ..helpers import cross_entropy_step, device_of, layers_of_type
+from ..helpers import (
+    RecoveryCutWarning,
+    cross_entropy_step,
+    device_of,
+    layers_of_type,
+    warn_if_recovery_cut,
+)
 from ..loop import Deadline, TrainLoop, cosine
 from ..registry import register
 
 
-class ConvTransposeBudgetWarning(UserWarning):
+class ConvTransposeBudgetWarning(RecoveryCutWarning):
     """The budget cut the published 3 epochs of recovery after the kernels were transposed."""
 
 
@@ -110,12 +115,8 @@ def conv_transpose(
         for group in optimizer.param_groups:
             group["lr"] = lr * cosine(epoch / epochs)
         loop.run(device_batches(retain, device), step, steps=n_retain)
-    if loop.steps < planned:
-        warnings.warn(
-            f"conv_transpose: only {loop.steps} of the {planned} planned retain steps "
-            f"({epochs} epochs) fit in budget_s={budget_s}; the kernels were transposed for the "
-            "published recovery, so the model may be under-trained. Give it a larger budget_s.",
-            ConvTransposeBudgetWarning,
-            stacklevel=2,
-        )
+    warn_if_recovery_cut("conv_transpose", done=loop.steps, planned=planned, budget_s=budget_s,
+                         steps=f"retain steps ({epochs} epochs)",
+                         damage="the kernels were transposed",
+                         category=ConvTransposeBudgetWarning)  # fmt: skip
     return net.eval()

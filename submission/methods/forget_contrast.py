@@ -62,19 +62,18 @@ method, so the kit runs the published forget halves and warns
 """
 
 import math
-import warnings
 from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
 
 from ..batches import count_batches, cycle_batches, device_batches
-from ..helpers import device_of
+from ..helpers import RecoveryCutWarning, device_of, warn_if_recovery_cut
 from ..loop import Deadline, Schedule, TrainLoop, cosine
 from ..registry import register
 
 
-class ForgetContrastBudgetWarning(UserWarning):
+class ForgetContrastBudgetWarning(RecoveryCutWarning):
     """The budget cut the retain halves that repair the (whole) forget halves."""
 
 
@@ -203,13 +202,8 @@ def forget_contrast(
             retain_step,
             steps=n_retain,
         )
-    if retain_done < epochs * n_retain:
-        warnings.warn(
-            f"forget_contrast: only {retain_done} of the {epochs * n_retain} planned retain "
-            f"steps ({epochs} rounds) fit in budget_s={budget_s}; the forget rounds are not "
-            "shortened with them, so the model may be less repaired than the recipe's. Give it "
-            "a larger budget_s.",
-            ForgetContrastBudgetWarning,
-            stacklevel=2,
-        )
+    warn_if_recovery_cut("forget_contrast", done=retain_done, planned=epochs * n_retain,
+                         budget_s=budget_s, steps=f"retain steps ({epochs} rounds)",
+                         damage="the forget rounds ran whole, not shortened with them",
+                         category=ForgetContrastBudgetWarning)  # fmt: skip
     return net.eval()

@@ -77,7 +77,6 @@ says how many of the planned retain steps ran. ``budget_s=None`` runs the recipe
 """
 
 import math
-import warnings
 
 import torch
 import torch.nn.functional as F
@@ -85,17 +84,19 @@ from torch import nn
 
 from ..batches import count_batches, device_batches
 from ..helpers import (
+    RecoveryCutWarning,
     device_of,
     frozen_copy,
     last_linear,
     projection_shortcuts,
     reinitialise_tensors,
+    warn_if_recovery_cut,
 )
 from ..loop import Deadline, TrainLoop
 from ..registry import register
 
 
-class ForgetFreeBudgetWarning(UserWarning):
+class ForgetFreeBudgetWarning(RecoveryCutWarning):
     """The budget cut the published recovery epochs after layers were re-initialised."""
 
 
@@ -202,14 +203,8 @@ def forget_free(
             loop.run(device_batches(retain, device), step, steps=n_retain)
             epoch += 1
 
-    if loop.steps < planned:
-        warnings.warn(
-            f"forget_free: only {loop.steps} of the {planned} planned retain steps "
-            f"({epochs} epochs in cycles {tuple(cycle_epochs)}) fit in budget_s={budget_s}; "
-            f"{layers_per_cycle} tensors per cycle were re-initialised for the published "
-            "recovery, so the model may not match the original on retain. Give it a larger "
-            "budget_s.",
-            ForgetFreeBudgetWarning,
-            stacklevel=2,
-        )
+    warn_if_recovery_cut("forget_free", done=loop.steps, planned=planned, budget_s=budget_s,
+                         steps=f"retain steps ({epochs} epochs in cycles {tuple(cycle_epochs)})",
+                         damage=f"{layers_per_cycle} tensors per cycle were re-initialised",
+                         category=ForgetFreeBudgetWarning)  # fmt: skip
     return net.eval()

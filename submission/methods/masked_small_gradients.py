@@ -71,7 +71,6 @@ model untrained.
 """
 
 import math
-import warnings
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -79,12 +78,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..batches import count_batches, device_batches
-from ..helpers import apply_grad_masks, cross_entropy_step, device_of, layers_of_type
+from ..helpers import (
+    RecoveryCutWarning,
+    apply_grad_masks,
+    cross_entropy_step,
+    device_of,
+    layers_of_type,
+    warn_if_recovery_cut,
+)
 from ..loop import Deadline, TrainLoop
 from ..registry import register
 
 
-class MaskedSmallGradientsBudgetWarning(UserWarning):
+class MaskedSmallGradientsBudgetWarning(RecoveryCutWarning):
     """The budget cut the 5 epochs of recovery the 30% re-initialisation was sized for."""
 
 
@@ -214,13 +220,8 @@ def masked_small_gradients(
         for group in optimizer.param_groups:
             group["lr"] = lr * factor
         done += loop.run(device_batches(retain, device), step, steps=n_retain)
-    if done < planned:
-        warnings.warn(
-            f"masked_small_gradients: only {done} of the {planned} planned fine-tuning steps "
-            f"({epochs} epochs) fit in budget_s={budget_s}; {reinit_fraction:.0%} of every "
-            "conv's weights were re-initialised for the published recovery, so the model may "
-            "be under-trained. Give it a larger budget_s.",
-            MaskedSmallGradientsBudgetWarning,
-            stacklevel=2,
-        )
+    warn_if_recovery_cut("masked_small_gradients", done=done, planned=planned, budget_s=budget_s,
+                         steps=f"fine-tuning steps ({epochs} epochs)",
+                         damage=f"{reinit_fraction:.0%} of every conv's weights were redrawn",
+                         category=MaskedSmallGradientsBudgetWarning)  # fmt: skip
     return net.eval()

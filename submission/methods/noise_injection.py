@@ -65,25 +65,26 @@ published size), and :class:`NoiseInjectionBudgetWarning` says how many of the p
 steps ran. ``budget_s=None`` runs the recipe in full.
 """
 
-import warnings
 
 import torch
 
 from ..batches import count_batches, device_batches
 from ..helpers import (
     NORMS,
+    RecoveryCutWarning,
     cross_entropy_step,
     device_of,
     last_linear,
     layers_of_type,
     projection_shortcuts,
     reinitialise_tensors,
+    warn_if_recovery_cut,
 )
 from ..loop import Deadline, TrainLoop
 from ..registry import register
 
 
-class NoiseInjectionBudgetWarning(UserWarning):
+class NoiseInjectionBudgetWarning(RecoveryCutWarning):
     """The budget cut the published recovery epochs after the classifier reset and the noise."""
 
 
@@ -193,13 +194,8 @@ def noise_injection(
         for p in pool + always:  # exactly the parameters that were trainable on entry
             p.requires_grad_(True)
 
-    if loop.steps < planned:
-        warnings.warn(
-            f"noise_injection: only {loop.steps} of the {planned} planned retain steps "
-            f"({epochs} epochs) fit in budget_s={budget_s}; the classifier was reset and "
-            f"N(0, {noise_std}^2) noise added for the published recovery, so the model may be "
-            "under-trained. Give it a larger budget_s.",
-            NoiseInjectionBudgetWarning,
-            stacklevel=2,
-        )
+    warn_if_recovery_cut("noise_injection", done=loop.steps, planned=planned, budget_s=budget_s,
+                         steps=f"retain steps ({epochs} epochs)",
+                         damage=f"the classifier was reset and N(0, {noise_std}^2) noise added",
+                         category=NoiseInjectionBudgetWarning)  # fmt: skip
     return net.eval()

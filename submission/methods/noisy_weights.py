@@ -56,19 +56,24 @@ warns (:class:`NoisyWeightsBudgetWarning`) with how many of the planned retain s
 ``budget_s=None`` runs the recipe in full; ``epochs=0`` returns the noised model untrained.
 """
 
-import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..batches import count_batches, device_batches
-from ..helpers import device_of, layers_of_type, num_classes
+from ..helpers import (
+    RecoveryCutWarning,
+    device_of,
+    layers_of_type,
+    num_classes,
+    warn_if_recovery_cut,
+)
 from ..loop import Deadline, TrainLoop, cosine
 from ..registry import register
 
 
-class NoisyWeightsBudgetWarning(UserWarning):
+class NoisyWeightsBudgetWarning(RecoveryCutWarning):
     """The budget cut the published 4 epochs of recovery after the stem conv was noised."""
 
 
@@ -155,13 +160,8 @@ def noisy_weights(
         loop.run(device_batches(retain, device), step, steps=n_retain)
         if epoch == epochs - 2 and not loop.stopped:  # before the last epoch
             add_noise(stem, renoise_std)
-    if loop.steps < planned:
-        warnings.warn(
-            f"noisy_weights: only {loop.steps} of the {planned} planned retain steps "
-            f"({epochs} epochs) fit in budget_s={budget_s}; the stem conv was noised (std "
-            f"{noise_std}) for the published recovery, so the model may be under-trained. "
-            "Give it a larger budget_s.",
-            NoisyWeightsBudgetWarning,
-            stacklevel=2,
-        )
+    warn_if_recovery_cut("noisy_weights", done=loop.steps, planned=planned, budget_s=budget_s,
+                         steps=f"retain steps ({epochs} epochs)",
+                         damage=f"the stem conv was noised (std {noise_std})",
+                         category=NoisyWeightsBudgetWarning)  # fmt: skip
     return net.eval()

@@ -72,21 +72,27 @@ pruned, redrawn (and float16-rounded) model untrained.
 """
 
 import math
-import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..batches import count_batches, device_batches
-from ..helpers import device_of, frozen_copy, layers_of_type, num_classes
+from ..helpers import (
+    RecoveryCutWarning,
+    device_of,
+    frozen_copy,
+    layers_of_type,
+    num_classes,
+    warn_if_recovery_cut,
+)
 from ..loop import Deadline, TrainLoop
 from ..registry import register
 
 PRUNED = (nn.Conv2d, nn.Linear)  # the layers whose weights and biases share the threshold
 
 
-class PruneReinitBudgetWarning(UserWarning):
+class PruneReinitBudgetWarning(RecoveryCutWarning):
     """The budget cut the published 3.2 epochs of recovery after 99% of the weights were pruned."""
 
 
@@ -249,13 +255,8 @@ def prune_reinit(
     net.eval()
     if fp16_round_trip:
         round_to_fp16(net)
-    if loop.steps < planned:
-        warnings.warn(
-            f"prune_reinit: only {loop.steps} of the {planned} planned retain steps "
-            f"({epochs} epochs) fit in budget_s={budget_s}; {prune_amount:.0%} of the weights "
-            "were pruned and redrawn for the published recovery, so the model may be "
-            "under-trained. Give it a larger budget_s.",
-            PruneReinitBudgetWarning,
-            stacklevel=2,
-        )
+    warn_if_recovery_cut("prune_reinit", done=loop.steps, planned=planned, budget_s=budget_s,
+                         steps=f"retain steps ({epochs} epochs)",
+                         damage=f"{prune_amount:.0%} of the weights were pruned and redrawn",
+                         category=PruneReinitBudgetWarning)  # fmt: skip
     return net

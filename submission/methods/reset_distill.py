@@ -52,19 +52,26 @@ evenly through the shared :class:`TrainLoop`, each at its published learning rat
 runs the recipe in full. ``distill_epochs=0, retain_epochs=0`` returns the reset model untrained.
 """
 
-import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..batches import count_batches, device_batches
-from ..helpers import device_of, frozen_copy, last_linear, layers_of_type, teacher_kl
+from ..helpers import (
+    RecoveryCutWarning,
+    device_of,
+    frozen_copy,
+    last_linear,
+    layers_of_type,
+    teacher_kl,
+    warn_if_recovery_cut,
+)
 from ..loop import Deadline, TrainLoop, cosine
 from ..registry import register
 
 
-class ResetDistillBudgetWarning(UserWarning):
+class ResetDistillBudgetWarning(RecoveryCutWarning):
     """The budget cut the published recovery (3 + 3 epochs) after the two layers were reset."""
 
 
@@ -174,13 +181,9 @@ def reset_distill(
             group["lr"] = retain_lr * cosine(epoch / retain_epochs)
         loop.run(device_batches(retain, device), step, steps=n_retain)
 
-    if loop.steps < planned:
-        warnings.warn(
-            f"reset_distill: only {loop.steps} of the {planned} planned steps "
-            f"({distill_epochs} distillation epochs on val, {retain_epochs} epochs on retain) "
-            f"fit in budget_s={budget_s}; the stem conv and the classifier were reset for the "
-            "published recovery, so the model may be under-trained. Give it a larger budget_s.",
-            ResetDistillBudgetWarning,
-            stacklevel=2,
-        )
+    warn_if_recovery_cut("reset_distill", done=loop.steps, planned=planned, budget_s=budget_s,
+                         steps=f"steps ({distill_epochs} distillation epochs on val, "
+                         f"{retain_epochs} on retain)",
+                         damage="the stem conv and the classifier were reset",
+                         category=ResetDistillBudgetWarning)  # fmt: skip
     return net.eval()

@@ -10,16 +10,7 @@ from torchvision.models import resnet18
 
 from submission import METHODS, seed_everything
 from submission.methods.conv_transpose import ConvTransposeBudgetWarning, transpose_kernels
-from tests.submission.conftest import (
-    CLASSES,
-    SlowLoader,
-    Untouchable,
-    keyword_defaults,
-    make_data,
-    make_loader,
-    make_net,
-    recorded_steps,
-)
+from tests.submission import conftest as kit
 
 conv_transpose = METHODS["conv_transpose"]
 
@@ -27,7 +18,7 @@ conv_transpose = METHODS["conv_transpose"]
 def test_defaults_are_the_teams_recipe():
     # xcadet/deepunlearn munl/unlearning/kgltop5.py l. 46-49: 3 epochs, SGD lr 1e-3, mom 0.9,
     # weight decay 5e-4
-    defaults = keyword_defaults(conv_transpose)
+    defaults = kit.keyword_defaults(conv_transpose)
     assert defaults == {
         "budget_s": None,
         "epochs": 3,
@@ -47,11 +38,11 @@ def test_transpose_kernels_swaps_spatial_axes_of_square_kernels_only():
 
 def test_every_resnet_kernel_is_exactly_transposed_before_training():
     torch.manual_seed(0)
-    net = resnet18(num_classes=CLASSES).eval()
+    net = resnet18(num_classes=kit.CLASSES).eval()
     before = copy.deepcopy(net.state_dict())
     convs = {name for name, m in net.named_modules() if isinstance(m, nn.Conv2d)}
     # epochs=0: the transposition alone; no set is read
-    out = conv_transpose(net, Untouchable(), Untouchable(), Untouchable(), epochs=0)
+    out = conv_transpose(net, kit.Untouchable(), kit.Untouchable(), kit.Untouchable(), epochs=0)
     assert out is net and not net.training
     after = net.state_dict()
     for key, value in after.items():
@@ -70,9 +61,11 @@ def test_three_epochs_on_retain_at_the_per_epoch_cosine_rates(tiny_setup):
     retain, _, _ = make("dict")  # 20 batches
     net = copy.deepcopy(original)
     seed_everything(0)
-    with recorded_steps() as steps, warnings.catch_warnings():
+    with kit.recorded_steps() as steps, warnings.catch_warnings():
         warnings.simplefilter("error", ConvTransposeBudgetWarning)
-        conv_transpose(net, retain, Untouchable(), Untouchable())  # forget and val never read
+        conv_transpose(
+            net, retain, kit.Untouchable(), kit.Untouchable()
+        )  # forget and val never read
     assert len(steps) == 3 * 20
     assert len({s[0] for s in steps}) == 1  # one optimizer throughout
     assert {(s[2], s[3]) for s in steps} == {(0.9, 5e-4)}
@@ -83,11 +76,13 @@ def test_three_epochs_on_retain_at_the_per_epoch_cosine_rates(tiny_setup):
 
 
 def test_a_budget_that_cuts_the_recovery_warns_and_still_trains():
-    retain = SlowLoader(make_loader(*make_data(80, seed=1), form="dict", batch_size=4), 0.05)
-    net = make_net()
+    retain = kit.SlowLoader(
+        kit.make_loader(*kit.make_data(80, seed=1), form="dict", batch_size=4), 0.05
+    )
+    net = kit.make_net()
     before = copy.deepcopy(net.state_dict())
     seed_everything(0)
-    with recorded_steps() as steps, pytest.warns(ConvTransposeBudgetWarning, match="of the 60"):
-        conv_transpose(net, retain, Untouchable(), Untouchable(), budget_s=0.4)
+    with kit.recorded_steps() as steps, pytest.warns(ConvTransposeBudgetWarning, match="of the 60"):
+        conv_transpose(net, retain, kit.Untouchable(), kit.Untouchable(), budget_s=0.4)
     assert 1 <= len(steps) < 60
     assert not torch.equal(net.state_dict()["head.weight"], before["head.weight"])

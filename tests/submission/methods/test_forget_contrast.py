@@ -19,15 +19,7 @@ from submission.methods.forget_contrast import (
     merged_batches,
     output_contrast,
 )
-from tests.submission.conftest import (
-    CLASSES,
-    SlowLoader,
-    Untouchable,
-    keyword_defaults,
-    make_data,
-    make_loader,
-    make_net,
-)
+from tests.submission import conftest as kit
 
 forget_contrast = METHODS["forget_contrast"]
 
@@ -58,7 +50,7 @@ def test_defaults_are_the_teams_recipe():
     # mom 0.9 (l. 30-31); T 1.15 (l. 44); forget SGD lr 3e-4, mom 0.9 (l. 38-39), cosine to
     # 1e-6 (l. 42); retain SGD lr 1e-3 x batch 256 / 64 (l. 28, 34, 95), mom 0.9, wd 1e-2
     # (l. 35-36); the retain batch is 4 loader batches of the competition's 64
-    defaults = keyword_defaults(forget_contrast)
+    defaults = kit.keyword_defaults(forget_contrast)
     assert defaults == {
         "budget_s": None,
         "epochs": 8,
@@ -122,18 +114,18 @@ def test_first_pass_lowers_the_forget_sets_confidence():
         nn.ReLU(),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
-        nn.Linear(8, CLASSES),
+        nn.Linear(8, kit.CLASSES),
     )
     with torch.no_grad():
         net[-1].weight.mul_(30)
-    x_forget, y_forget = make_data(32, seed=2, shift=2.0)
-    forget = make_loader(x_forget, y_forget, form="tuple", batch_size=4)  # 8 batches
+    x_forget, y_forget = kit.make_data(32, seed=2, shift=2.0)
+    forget = kit.make_loader(x_forget, y_forget, form="tuple", batch_size=4)  # 8 batches
     with torch.no_grad():
         before = F.softmax(net(x_forget), dim=1)
     seed_everything(0)
     with recorded(net) as (steps, _):
         # epochs=0: the first pass alone, which reads the forget set only
-        forget_contrast(net, Untouchable(), forget, Untouchable(), epochs=0)
+        forget_contrast(net, kit.Untouchable(), forget, kit.Untouchable(), epochs=0)
     assert not net.training
     assert [s[1:] for s in steps] == 8 * [(5e-3, 0.9, 0)]  # its own SGD, no decay
     with torch.no_grad():
@@ -151,7 +143,7 @@ def test_rounds_alternate_forget_and_merged_retain_batches_on_the_published_rate
     seed_everything(0)
     with recorded(net) as (steps, sizes), warnings.catch_warnings():
         warnings.simplefilter("error", ForgetContrastBudgetWarning)
-        forget_contrast(net, retain, forget, Untouchable())  # val is never read
+        forget_contrast(net, retain, forget, kit.Untouchable())  # val is never read
     # the first pass, then 8 x (one forget step, 5 retain steps of 4 merged batches)
     assert len(steps) == 1 + 8 * (1 + 5)
     assert len({s[0] for s in steps}) == 3  # three optimizers, each built once
@@ -172,13 +164,15 @@ def test_a_budget_runs_the_forget_rounds_whole_and_warns_for_the_retain_rounds()
     # every retain batch takes 0.02 s: a forget step (4 retain batches) and a retain step
     # (4 merged batches) both cost 0.08 s; the 9 forget-set steps and at least one retain step
     # a round (1.4 s) fit in 2.5 s, the 40 retain steps (3.2 s more) do not
-    retain = SlowLoader(make_loader(*make_data(80, seed=1), form="dict", batch_size=4), 0.02)
-    forget = make_loader(*make_data(4, seed=2, shift=2.0), form="dict", batch_size=4)
-    net = make_net()
+    retain = kit.SlowLoader(
+        kit.make_loader(*kit.make_data(80, seed=1), form="dict", batch_size=4), 0.02
+    )
+    forget = kit.make_loader(*kit.make_data(4, seed=2, shift=2.0), form="dict", batch_size=4)
+    net = kit.make_net()
     warm_up("cpu")  # torch's one-off costs (seconds) must not eat the budget
     seed_everything(0)
     with recorded(net) as (steps, _), pytest.warns(ForgetContrastBudgetWarning, match="of the 40"):
-        forget_contrast(net, retain, forget, Untouchable(), budget_s=2.5)
+        forget_contrast(net, retain, forget, kit.Untouchable(), budget_s=2.5)
     by_optimizer = {}
     for s in steps:
         by_optimizer.setdefault(s[0], []).append(s)

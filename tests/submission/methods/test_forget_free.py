@@ -18,16 +18,7 @@ from submission.methods.forget_free import (
     preserving_loss,
     selection_pool,
 )
-from tests.submission.conftest import (
-    CLASSES,
-    SlowLoader,
-    Untouchable,
-    keyword_defaults,
-    make_data,
-    make_loader,
-    make_net,
-    recorded_steps,
-)
+from tests.submission import conftest as kit
 
 forget_free = METHODS["forget_free"]
 
@@ -37,7 +28,7 @@ def test_defaults_are_the_teams_recipe():
     # "Experimental Settings"): 3 cycles of [1, 2, 2] epochs, 6 layers per cycle, image noise
     # sigma 0.01, cosine init_lr 0.001, T_max 2. Momentum 0.9 and weight decay 5e-4 are the
     # competition template's SGD: the team does not give its optimiser.
-    defaults = keyword_defaults(forget_free)
+    defaults = kit.keyword_defaults(forget_free)
     assert defaults == {
         "budget_s": None,
         "cycle_epochs": (1, 2, 2),
@@ -66,7 +57,7 @@ def test_epoch_rates_are_torchs_cosine_annealing_stepped_per_epoch():
 
 
 def test_the_pool_excludes_the_classifier_and_the_projection_shortcuts():
-    net = resnet18(num_classes=CLASSES)
+    net = resnet18(num_classes=kit.CLASSES)
     names = {id(p): n for n, p in net.named_parameters()}
     pool = {names[id(getattr(module, name))] for module, name in selection_pool(net)}
     # by name on torchvision's ResNet-18: everything but fc.* and the three downsample pairs
@@ -86,7 +77,7 @@ def test_draws_are_with_replacement():
 
 def test_each_cycle_reinitialises_six_drawn_tensors_never_the_classifier_or_shortcuts():
     torch.manual_seed(0)
-    net = resnet18(num_classes=CLASSES).eval()
+    net = resnet18(num_classes=kit.CLASSES).eval()
     with torch.no_grad():  # BatchNorm tensors away from their initial 1 and 0, so redraws show
         for m in net.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -103,7 +94,9 @@ def test_each_cycle_reinitialises_six_drawn_tensors_never_the_classifier_or_shor
         reinitialise_tensors([pool[i] for i in draws[-1]])
     seed_everything(2)
     # three cycles without training: the re-initialisation alone; no set is read
-    forget_free(net, Untouchable(), Untouchable(), Untouchable(), cycle_epochs=(0, 0, 0))
+    forget_free(
+        net, kit.Untouchable(), kit.Untouchable(), kit.Untouchable(), cycle_epochs=(0, 0, 0)
+    )
     for p, q in zip(net.parameters(), expected.parameters(), strict=True):
         assert torch.equal(p, q)
     changed = {n for n, p in net.named_parameters() if not torch.equal(p, before[n])}
@@ -113,8 +106,8 @@ def test_each_cycle_reinitialises_six_drawn_tensors_never_the_classifier_or_shor
 
 
 def test_the_loss_is_mse_to_the_original_on_the_same_noisy_images():
-    teacher, student = make_net(0), make_net(1)
-    x = make_data(8, seed=4)[0]
+    teacher, student = kit.make_net(0), kit.make_net(1)
+    x = kit.make_data(8, seed=4)[0]
     with torch.no_grad():
         # both models see one noisy copy: a model matches itself exactly, whatever the noise
         assert preserving_loss(teacher, teacher, x, 0.5).item() == 0.0
@@ -142,10 +135,10 @@ def test_one_sgd_over_the_five_epochs_at_the_published_rates(tiny_setup, hyperpa
     retain, _, _ = make("dict")  # 20 batches
     net = copy.deepcopy(original)
     seed_everything(0)
-    with recorded_steps() as steps, warnings.catch_warnings():
+    with kit.recorded_steps() as steps, warnings.catch_warnings():
         warnings.simplefilter("error", ForgetFreeBudgetWarning)
         # only the retain set is read (writeup, "Conclusion")
-        forget_free(net, retain, Untouchable(), Untouchable(), **hyperparameters)
+        forget_free(net, retain, kit.Untouchable(), kit.Untouchable(), **hyperparameters)
     assert len(steps) == 5 * 20
     assert all(s[0] is steps[0][0] for s in steps)  # one optimizer for the whole call
     assert {s[2:4] for s in steps} == {(0.9, 5e-4)}
@@ -158,9 +151,11 @@ def test_one_sgd_over_the_five_epochs_at_the_published_rates(tiny_setup, hyperpa
 
 
 def test_a_budget_that_cuts_the_recovery_warns_and_still_trains():
-    retain = SlowLoader(make_loader(*make_data(80, seed=1), form="dict", batch_size=4), 0.05)
-    net = make_net()
+    retain = kit.SlowLoader(
+        kit.make_loader(*kit.make_data(80, seed=1), form="dict", batch_size=4), 0.05
+    )
+    net = kit.make_net()
     seed_everything(0)
-    with recorded_steps() as steps, pytest.warns(ForgetFreeBudgetWarning, match="of the 100"):
-        forget_free(net, retain, Untouchable(), Untouchable(), budget_s=0.4)
+    with kit.recorded_steps() as steps, pytest.warns(ForgetFreeBudgetWarning, match="of the 100"):
+        forget_free(net, retain, kit.Untouchable(), kit.Untouchable(), budget_s=0.4)
     assert 1 <= len(steps) < 100

@@ -20,16 +20,7 @@ from submission.methods.masked_small_gradients import (
     reinit_small_gradients,
     smallest_fraction,
 )
-from tests.submission.conftest import (
-    CLASSES,
-    SlowLoader,
-    Untouchable,
-    keyword_defaults,
-    make_data,
-    make_loader,
-    make_net,
-    recorded_steps,
-)
+from tests.submission import conftest as kit
 
 masked_small_gradients = METHODS["masked_small_gradients"]
 
@@ -38,7 +29,7 @@ def test_defaults_are_the_teams_recipe():
     # xcadet/deepunlearn munl/unlearning/kgltop2.py: re-initialise 30% (l. 197), kept gradients
     # x 0.1 (l. 124), 5 epochs SGD lr 1e-3, wd 5e-4, mom 0.9 (l. 198-201); a conv's bias comes
     # from the freshly built conv (l. 126-143)
-    defaults = keyword_defaults(masked_small_gradients)
+    defaults = kit.keyword_defaults(masked_small_gradients)
     assert defaults == {
         "budget_s": None,
         "reinit_fraction": 0.3,
@@ -95,12 +86,12 @@ def test_reinit_small_gradients_redraws_exactly_the_smallest_30_percent():
 
 def test_every_resnet_conv_redraws_its_smallest_gradient_30_percent():
     torch.manual_seed(0)
-    net = resnet18(num_classes=CLASSES).eval()
+    net = resnet18(num_classes=kit.CLASSES).eval()
     shape = (3, 32, 32)
-    x_r, y_r = make_data(12, seed=1, shape=shape)
-    x_f, y_f = make_data(4, seed=2, shape=shape, shift=2.0)
-    retain = make_loader(x_r, y_r, form="dict", batch_size=3, shuffle=False)
-    forget = make_loader(x_f, y_f, form="tuple", batch_size=4, shuffle=False)
+    x_r, y_r = kit.make_data(12, seed=1, shape=shape)
+    x_f, y_f = kit.make_data(4, seed=2, shape=shape, shift=2.0)
+    retain = kit.make_loader(x_r, y_r, form="dict", batch_size=3, shuffle=False)
+    forget = kit.make_loader(x_f, y_f, form="tuple", batch_size=4, shuffle=False)
     # the team's gradients, as the test computes them: -CE(forget) + CE(the first 4 retain
     # samples, in the loader's batches of 3 and 1), eval mode
     reference = copy.deepcopy(net)
@@ -108,7 +99,7 @@ def test_every_resnet_conv_redraws_its_smallest_gradient_30_percent():
         (sign * F.cross_entropy(reference(x), y)).backward()
     before = copy.deepcopy(net.state_dict())
     # epochs=0: the re-initialisation alone
-    out = masked_small_gradients(net, retain, forget, Untouchable(), epochs=0)
+    out = masked_small_gradients(net, retain, forget, kit.Untouchable(), epochs=0)
     assert out is net and not net.training
     convs = [name for name, m in reference.named_modules() if isinstance(m, nn.Conv2d)]
     assert len(convs) == 20  # the stem, 16 3x3 convs and the 3 1x1 shortcut convs
@@ -137,9 +128,9 @@ def test_fine_tuning_scales_only_the_kept_weights_loss_gradients(tiny_setup):
     seed_everything(0)
     handle = register_optimizer_step_pre_hook(hook)
     try:
-        with recorded_steps() as steps, warnings.catch_warnings():
+        with kit.recorded_steps() as steps, warnings.catch_warnings():
             warnings.simplefilter("error", MaskedSmallGradientsBudgetWarning)
-            masked_small_gradients(net, retain, forget, Untouchable())  # val is never read
+            masked_small_gradients(net, retain, forget, kit.Untouchable())  # val is never read
     finally:
         handle.remove()
     assert len(steps) == 5 * 20 and len({s[0] for s in steps}) == 1  # one SGD throughout
@@ -157,16 +148,18 @@ def test_fine_tuning_scales_only_the_kept_weights_loss_gradients(tiny_setup):
 
 
 def test_a_budget_that_cuts_the_recovery_warns_and_still_trains():
-    retain = SlowLoader(make_loader(*make_data(80, seed=1), form="dict", batch_size=4), 0.05)
-    forget = make_loader(*make_data(4, seed=2, shift=2.0), form="dict", batch_size=4)
-    net = make_net()
+    retain = kit.SlowLoader(
+        kit.make_loader(*kit.make_data(80, seed=1), form="dict", batch_size=4), 0.05
+    )
+    forget = kit.make_loader(*kit.make_data(4, seed=2, shift=2.0), form="dict", batch_size=4)
+    net = kit.make_net()
     before = copy.deepcopy(net.state_dict())
     warm_up("cpu")
     seed_everything(0)
     with (
-        recorded_steps() as steps,
+        kit.recorded_steps() as steps,
         pytest.warns(MaskedSmallGradientsBudgetWarning, match="of the 100 planned"),
     ):
-        masked_small_gradients(net, retain, forget, Untouchable(), budget_s=0.5)
+        masked_small_gradients(net, retain, forget, kit.Untouchable(), budget_s=0.5)
     assert 1 <= len(steps) < 100
     assert not torch.equal(net.state_dict()["head.weight"], before["head.weight"])

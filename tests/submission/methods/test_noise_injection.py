@@ -14,16 +14,7 @@ from submission.methods.noise_injection import (
     noise_targets,
     parameter_pools,
 )
-from tests.submission.conftest import (
-    CLASSES,
-    SlowLoader,
-    Untouchable,
-    keyword_defaults,
-    make_data,
-    make_loader,
-    make_net,
-    recorded_steps,
-)
+from tests.submission import conftest as kit
 
 noise_injection = METHODS["noise_injection"]
 
@@ -33,7 +24,7 @@ def test_defaults_are_the_teams_recipe():
     # reset epoch (l. 12-14); 9 tensors per epoch (l. 91); noise ratio 0.7, std 0.04 (l. 33-34);
     # lr 2e-4 (l. 23); the fine epochs' rates (l. 15-22 read at l. 113-117); momentum 0.9 and
     # weight decay 5e-4 for both (l. 24-25, 30-31)
-    defaults = keyword_defaults(noise_injection)
+    defaults = kit.keyword_defaults(noise_injection)
     assert defaults == {
         "budget_s": None,
         "epochs": 9,
@@ -51,7 +42,7 @@ def test_defaults_are_the_teams_recipe():
 
 
 def test_pools_on_resnet18_are_the_teams_name_rule():
-    net = resnet18(num_classes=CLASSES)
+    net = resnet18(num_classes=kit.CLASSES)
     names = {id(p): n for n, p in net.named_parameters()}
     pool, always = parameter_pools(net)
     # the team's rule (kgltop7.py l. 169): a name with "bn" is trained every epoch; the
@@ -76,13 +67,17 @@ def test_noise_goes_to_six_of_the_nine_drawn_never_to_a_tensor_trained_before():
 
 def test_noise_is_absolute_and_batchnorm_trains_every_epoch_on_resnet18():
     torch.manual_seed(0)
-    net = resnet18(num_classes=CLASSES).eval()
+    net = resnet18(num_classes=kit.CLASSES).eval()
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
-    retain = make_loader(*make_data(4, seed=1, shape=(3, 32, 32)), form="tuple", batch_size=4)
+    retain = kit.make_loader(
+        *kit.make_data(4, seed=1, shape=(3, 32, 32)), form="tuple", batch_size=4
+    )
     seed_everything(1)
-    with recorded_steps() as steps:
+    with kit.recorded_steps() as steps:
         # rate 0: only the classifier's reset and the noise move a weight
-        noise_injection(net, retain, Untouchable(), Untouchable(), lr=0.0, fine_lrs=(0.0,) * 4)
+        noise_injection(
+            net, retain, kit.Untouchable(), kit.Untouchable(), lr=0.0, fine_lrs=(0.0,) * 4
+        )
     changed = {n for n, p in net.named_parameters() if not torch.equal(p, before[n])}
     assert {"fc.weight", "fc.bias"} <= changed
     noised = changed - {"fc.weight", "fc.bias"}
@@ -105,9 +100,9 @@ def test_rates_per_epoch_with_a_fresh_sgd_each_epoch(tiny_setup):
     retain, _, _ = make("dict")  # 20 batches
     net = copy.deepcopy(original)
     seed_everything(0)
-    with recorded_steps() as steps, warnings.catch_warnings():
+    with kit.recorded_steps() as steps, warnings.catch_warnings():
         warnings.simplefilter("error", NoiseInjectionBudgetWarning)
-        noise_injection(net, retain, Untouchable(), Untouchable())  # neither set is read
+        noise_injection(net, retain, kit.Untouchable(), kit.Untouchable())  # neither set is read
     assert len(steps) == 9 * 20
     epochs = [steps[20 * e : 20 * (e + 1)] for e in range(9)]
     assert all(all(s[0] is epoch[0][0] for s in epoch) for epoch in epochs)
@@ -138,11 +133,16 @@ def test_too_few_fine_rates_is_a_clear_error(tiny_setup):
 
 
 def test_a_budget_that_cuts_the_recovery_warns_and_still_trains():
-    retain = SlowLoader(make_loader(*make_data(80, seed=1), form="dict", batch_size=4), 0.05)
-    net = make_net()
+    retain = kit.SlowLoader(
+        kit.make_loader(*kit.make_data(80, seed=1), form="dict", batch_size=4), 0.05
+    )
+    net = kit.make_net()
     before = copy.deepcopy(net.state_dict())
     seed_everything(0)
-    with recorded_steps() as steps, pytest.warns(NoiseInjectionBudgetWarning, match="of the 180"):
-        noise_injection(net, retain, Untouchable(), Untouchable(), budget_s=0.4)
+    with (
+        kit.recorded_steps() as steps,
+        pytest.warns(NoiseInjectionBudgetWarning, match="of the 180"),
+    ):
+        noise_injection(net, retain, kit.Untouchable(), kit.Untouchable(), budget_s=0.4)
     assert 1 <= len(steps) < 180
     assert not torch.equal(net.state_dict()["body.3.weight"], before["body.3.weight"])

@@ -15,16 +15,7 @@ from submission.methods.reset_distill import (
     retain_loss,
     soft_cross_entropy,
 )
-from tests.submission.conftest import (
-    CLASSES,
-    SlowLoader,
-    Untouchable,
-    keyword_defaults,
-    make_data,
-    make_loader,
-    make_net,
-    recorded_steps,
-)
+from tests.submission import conftest as kit
 
 reset_distill = METHODS["reset_distill"]
 
@@ -32,7 +23,7 @@ reset_distill = METHODS["reset_distill"]
 def test_defaults_are_the_teams_recipe():
     # xcadet/deepunlearn munl/unlearning/kgltop6.py l. 55-65: warm-up 3 epochs, SGD 9e-4,
     # mom 0.9, wd 5e-4; retain 3 epochs, SGD 1e-3, mom 0.9, wd 5e-4; temperature 5
-    defaults = keyword_defaults(reset_distill)
+    defaults = kit.keyword_defaults(reset_distill)
     assert defaults == {
         "budget_s": None,
         "distill_epochs": 3,
@@ -63,7 +54,7 @@ def test_losses_have_the_teams_terms_and_no_temperature_squared():
 
 def test_resets_exactly_the_stem_conv_and_the_classifier():
     torch.manual_seed(0)
-    net = resnet18(num_classes=CLASSES).eval()
+    net = resnet18(num_classes=kit.CLASSES).eval()
     before = copy.deepcopy(net.state_dict())
     expected = [copy.deepcopy(net.conv1), copy.deepcopy(net.fc)]
     seed_everything(5)
@@ -72,7 +63,12 @@ def test_resets_exactly_the_stem_conv_and_the_classifier():
     seed_everything(5)
     # no training epochs: the reset alone; no set is read
     reset_distill(
-        net, Untouchable(), Untouchable(), Untouchable(), distill_epochs=0, retain_epochs=0
+        net,
+        kit.Untouchable(),
+        kit.Untouchable(),
+        kit.Untouchable(),
+        distill_epochs=0,
+        retain_epochs=0,
     )
     after = net.state_dict()
     changed = {k for k in after if not torch.equal(after[k], before[k])}
@@ -87,9 +83,9 @@ def test_warm_up_on_val_at_a_constant_rate_then_a_fresh_sgd_on_retain(tiny_setup
     retain, _, val = make("dict")  # 20 retain batches, 4 val batches
     net = copy.deepcopy(original)
     seed_everything(0)
-    with recorded_steps() as steps, warnings.catch_warnings():
+    with kit.recorded_steps() as steps, warnings.catch_warnings():
         warnings.simplefilter("error", ResetDistillBudgetWarning)
-        reset_distill(net, retain, Untouchable(), val)  # the forget set is never read
+        reset_distill(net, retain, kit.Untouchable(), val)  # the forget set is never read
     assert len(steps) == 3 * 4 + 3 * 20
     warm_up, fine_tune = steps[:12], steps[12:]
     assert len({s[0] for s in warm_up}) == 1 and len({s[0] for s in fine_tune}) == 1
@@ -103,12 +99,16 @@ def test_warm_up_on_val_at_a_constant_rate_then_a_fresh_sgd_on_retain(tiny_setup
 
 
 def test_a_budget_that_cuts_the_recovery_warns_and_still_trains():
-    retain = SlowLoader(make_loader(*make_data(80, seed=1), form="dict", batch_size=4), 0.05)
-    val = SlowLoader(make_loader(*make_data(16, seed=3), form="dict", batch_size=4), 0.05)
-    net = make_net()
+    retain = kit.SlowLoader(
+        kit.make_loader(*kit.make_data(80, seed=1), form="dict", batch_size=4), 0.05
+    )
+    val = kit.SlowLoader(
+        kit.make_loader(*kit.make_data(16, seed=3), form="dict", batch_size=4), 0.05
+    )
+    net = kit.make_net()
     before = copy.deepcopy(net.state_dict())
     seed_everything(0)
-    with recorded_steps() as steps, pytest.warns(ResetDistillBudgetWarning, match="of the 72"):
-        reset_distill(net, retain, Untouchable(), val, budget_s=0.4)
+    with kit.recorded_steps() as steps, pytest.warns(ResetDistillBudgetWarning, match="of the 72"):
+        reset_distill(net, retain, kit.Untouchable(), val, budget_s=0.4)
     assert 1 <= len(steps) < 72
     assert not torch.equal(net.state_dict()["body.3.weight"], before["body.3.weight"])
