@@ -194,8 +194,9 @@ def warn_if_recovery_cut(
     ``damage`` was done for the published recovery, so the model may be under-trained."""
     if done >= planned:
         return
+    budget = "None" if budget_s is None else f"{budget_s:.3g}"
     warnings.warn(
-        f"{method}: only {done} of the {planned} planned {steps} fit in budget_s={budget_s}; "
+        f"{method}: only {done} of the {planned} planned {steps} fit in budget_s={budget}; "
         f"{damage} for the published recovery, so the model may be under-trained. Give it a "
         "larger budget_s.",
         category,
