@@ -270,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--data", default="digits", help="digits, mnist5k, kaggle:PATH, cifar10:PATH")
     p.add_argument("--forget", default=None)
-    p.add_argument("--arch", default=None, help="smallcnn or resnet18 (default: by data)")
+    p.add_argument(
+        "--arch", default=None, help="smallcnn, resnet18 or resnet18_narrow (default: by data)"
+    )
     p.add_argument("--original", default=None, help="weights to start from (default: fresh)")
     p.add_argument("--k", type=int, default=3, help="timed unlearning runs (default 3)")
     p.add_argument("--n", type=int, default=512, help="runs in the job (default 512)")

@@ -71,7 +71,7 @@ DATA_OPTIONS = (
         "random:FRACTION (default random:0.1), class:K, group:COLUMN[:FRACTION], "
         "given (kaggle: default)",
     ),
-    Option("arch", "smallcnn or resnet18 (default: by data)"),
+    Option("arch", "smallcnn, resnet18 or resnet18_narrow (default: by data)"),
     Option("recipe", "fast_smallcnn, organisers_face or cifar_kit (default: by arch/data)"),
 )
 RECIPE_OPTIONS = (

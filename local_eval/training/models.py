@@ -10,6 +10,15 @@
 - ``resnet18``: ``torchvision.models.resnet18(weights=None, num_classes=...)``, exactly the
   competition's model (its original_model.pth loads into it); the first convolution is
   swapped for one of ``in_channels`` inputs when that is not 3. The default for 32x32 RGB.
+- ``resnet18_narrow``: ResNet-18's shape at an eighth of its width (8/16/32/64 channels),
+  for small images on a CPU: torchvision's ``BasicBlock`` in four stages of two, a
+  BatchNorm after every conv, 1x1 downsample shortcuts where a stage halves the size and
+  widens, global average pooling and a Linear classifier, under torchvision's module names
+  (``conv1``, ``bn1``, ``layer1``..``layer4``, ``downsample``, ``fc``), so the competition
+  entries' layer choices (the stem conv, BatchNorm, the shortcuts, the classifier) mean here
+  what they meant there. Adapted to small images as CIFAR ResNets are: a 3x3 stride-1 stem
+  and no max-pool (torchvision's 7x7 stride-2 stem and max-pool would leave 4x4 maps of a
+  14x14 input before the first stage).
 """
 
 from __future__ import annotations
@@ -50,9 +59,50 @@ def resnet18(*, num_classes: int, in_channels: int, image_size: int) -> nn.Modul
     return model
 
 
+NARROW_WIDTH = 8  # channels of the first stage; ResNet-18 has 64
+
+
+class NarrowResNet18(nn.Module):
+    """ResNet-18's layout at ``width`` channels in the first stage (see the module doc)."""
+
+    def __init__(self, *, num_classes: int, in_channels: int, width: int = NARROW_WIDTH):
+        from torchvision.models.resnet import BasicBlock
+
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        stages, planes = [], width
+        for i in range(4):
+            out = width * 2**i
+            stride = 1 if i == 0 else 2
+            down = None
+            if stride != 1 or planes != out:
+                down = nn.Sequential(
+                    nn.Conv2d(planes, out, kernel_size=1, stride=stride, bias=False),
+                    nn.BatchNorm2d(out),
+                )
+            blocks = [BasicBlock(planes, out, stride, down), BasicBlock(out, out)]
+            stages.append(nn.Sequential(*blocks))
+            planes = out
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(planes, num_classes)
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(self.avgpool(x).flatten(1))
+
+
+def resnet18_narrow(*, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    return NarrowResNet18(num_classes=num_classes, in_channels=in_channels)
+
+
 ARCHS: dict[str, Callable[..., nn.Module]] = {
     "smallcnn": small_cnn,
     "resnet18": resnet18,
+    "resnet18_narrow": resnet18_narrow,
 }
 
 

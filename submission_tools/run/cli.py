@@ -21,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--arch",
         default=None,
-        help="smallcnn or resnet18 (default: resnet18 for RGB 32x32+, else smallcnn)",
+        help="smallcnn, resnet18 or resnet18_narrow (default: resnet18 for RGB 32x32+, else "
+        "smallcnn)",
     )
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--method", help="a registered method name")
