@@ -36,6 +36,14 @@ Forget specs (deterministic given ``seed``)
   random order until they hold at least ``FRACTION`` (default 0.1) of the training data, so
   no group has examples on both sides; this mimics the competition's person-disjoint forget
   set;
+- ``persons[:COUNT]``: the competition's shape (``../shared/spec/kaggle.md``: about 2% of
+  the training data, 15 whole persons drawn by ``LeavePGroupsOut(n_groups=15)``, from the
+  first two classes only, the vast majority class 0): ``COUNT`` (default 15) whole persons,
+  :data:`PERSONS_MAJORITY` of them (13 of 15: the kit's reading of "the vast majority") of
+  class 0 and the rest of class 1, a person's class being its images' most common label.
+  A ``kaggle:`` folder's persons are its ``person_id``s; the bundled data's are pseudo
+  persons (below) sized here so that ``COUNT`` of them hold :data:`PERSONS_FRACTION` (2%)
+  of the training data, as the competition's did;
 - ``given``: the folder's own ``forget.csv`` (``kaggle:`` only, its default).
 
 ``digits``, ``mnist5k`` and ``cifar10`` have no persons, so they get a deterministic pseudo
@@ -82,6 +90,9 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # the starting kit's normalisation
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 DEFAULT_FRACTION = 0.1
 PSEUDO_PERSON_SIZE = 8  # images per pseudo person (digits, mnist5k, cifar10)
+PERSONS_COUNT = 15  # the competition's forget set: 15 whole persons ...
+PERSONS_FRACTION = 0.02  # ... about 2% of the training data ...
+PERSONS_MAJORITY = 13 / 15  # ... almost all of class 0 (the rest of class 1)
 LABEL_KEY = "age_group"  # the competition's name for the label in dict batches
 
 Column = torch.Tensor | tuple[str, ...]
@@ -248,17 +259,27 @@ def _as_is(batch):
 # --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ForgetSpec:
-    kind: str  # "random" | "class" | "group" | "given"
+    kind: str  # "random" | "class" | "group" | "persons" | "given"
     fraction: float = DEFAULT_FRACTION
     label: int = -1
     column: str = ""
+    count: int = PERSONS_COUNT
 
 
 def parse_forget_spec(spec: str) -> ForgetSpec:
-    """``random:FRACTION``, ``class:K``, ``group:COLUMN[:FRACTION]`` or ``given``."""
+    """``random:FRACTION``, ``class:K``, ``group:COLUMN[:FRACTION]``, ``persons[:COUNT]`` or
+    ``given``."""
     text = str(spec).strip()
     kind, _, rest = text.partition(":")
-    usage = "expected random:FRACTION, class:K, group:COLUMN[:FRACTION] or given"
+    usage = "expected random:FRACTION, class:K, group:COLUMN[:FRACTION], persons[:COUNT] or given"
+    if kind == "persons":
+        try:
+            count = int(rest) if rest else PERSONS_COUNT
+        except ValueError:
+            raise ValueError(f"bad forget spec {text!r}: persons needs a whole count") from None
+        if count < 1:
+            raise ValueError(f"bad forget spec {text!r}: the count must be at least 1")
+        return ForgetSpec("persons", count=count)
     if kind == "given" and not rest:
         return ForgetSpec("given")
     if kind == "random":
@@ -304,7 +325,36 @@ def select_forget(train: Split, spec: ForgetSpec, rng: np.random.Generator) -> n
             chosen.append(g)
             total += int(np.sum(groups == g))
         return np.flatnonzero(np.isin(groups, np.asarray(chosen)))
+    if spec.kind == "persons":
+        return _select_persons(train, spec.count, rng)
     raise ValueError(f"forget spec {spec.kind!r} is only available for kaggle: folders")
+
+
+def with_competition_persons(train: Split, count: int = PERSONS_COUNT) -> Split:
+    """``train`` whose ``person_id`` are pseudo persons of ``round(PERSONS_FRACTION * n /
+    count)`` images (at least 1), so that ``count`` of them hold 2% of it (bundled data: its
+    persons are made up, and their size is the spec's to choose)."""
+    size = max(1, round(PERSONS_FRACTION * len(train) / count))
+    persons = torch.as_tensor(pseudo_person_ids(train.images, train.labels, size))
+    return Split(train.images, train.labels, {**train.columns, "person_id": persons})
+
+
+def _select_persons(train: Split, count: int, rng: np.random.Generator) -> np.ndarray:
+    persons = np.asarray(train.column("person_id"))
+    labels = train.labels.numpy()
+    unique = np.unique(persons)
+    label_of = {p: np.bincount(labels[persons == p]).argmax() for p in unique}
+    majority = round(count * PERSONS_MAJORITY)
+    chosen = []
+    for label, want in ((0, majority), (1, count - majority)):
+        pool = np.asarray([p for p in unique if label_of[p] == label])
+        if len(pool) < want:
+            raise ValueError(
+                f"forget spec persons:{count}: the training data has {len(pool)} persons of "
+                f"class {label}, {want} are needed; give a smaller count"
+            )
+        chosen += list(rng.choice(pool, size=want, replace=False))
+    return np.flatnonzero(np.isin(persons, np.asarray(chosen)))
 
 
 # --------------------------------------------------------------------------------------
@@ -345,6 +395,8 @@ def load_setup(dataset: str = "digits", *, forget: str | None = None, seed: int 
         if spec.kind == "class" and not 0 <= spec.label < num_classes:
             raise ValueError(f"forget class {spec.label} is not in 0..{num_classes - 1}")
         rng = np.random.default_rng([seed, 1])
+        if spec.kind == "persons" and name != "kaggle":  # a folder's persons are people
+            train = with_competition_persons(train, spec.count)
         chosen = select_forget(train, spec, rng)
         rest = np.setdiff1d(np.arange(len(train)), chosen)
         retain, forget_split = train.take(rest), train.take(chosen)
