@@ -39,6 +39,7 @@ def test_quick_bench_runs_every_benchmark_and_prints_its_figures(tmp_path):
         "batched_training",
         "scale",
         "resnet18",
+        "setting",
     }
     # the figures are numbers (timings vary; that they exist and parse is what is checked)
     for key in [
@@ -61,6 +62,12 @@ def test_quick_bench_runs_every_benchmark_and_prints_its_figures(tmp_path):
         "2 rounds of 4 models, groups of 4, 2 epochs"
     )
     assert len(rows[("batched_training", "ratio per round")].split(", ")) == 2
+    # the competition-shaped setting beside the competition's figures (its shape is exact)
+    assert rows[("setting", "forget persons, whole (competition)")] == "15, 0 split (15)"
+    assert rows[("setting", "forget share of training (competition)")] == "2.38% (2%)"
+    assert rows[("setting", "relearning epochs at 20% of one retraining (competition)")].endswith(
+        "of 30 (6 of 30)"
+    )
     # every row was also printed as soon as its benchmark finished
     assert [tuple(pair) for pair in streamed] == list(rows)
     # and the page holds the same rows, one section per benchmark, marked as a smoke run
@@ -73,6 +80,7 @@ def test_quick_bench_runs_every_benchmark_and_prints_its_figures(tmp_path):
         "batched_training",
         "scale",
         "resnet18",
+        "setting",
     ]
     for (name, what), value in rows.items():
         assert f"| {what} | {value} |" in text, (name, what)
