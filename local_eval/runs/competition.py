@@ -11,7 +11,8 @@ unlearning method was run on it:
   choose among);
 - the recipe: the organisers' retraining (``--recipe organisers_face``: Adam lr 1e-4, weight
   decay 5e-3, class-weighted cross-entropy, cosine, 30 epochs, the best validation
-  checkpoint), so the 20% cut-off allows about 6 epochs of relearning, as it did there.
+  checkpoint from epoch 20 on), so the 20% cut-off allows about 6 epochs of relearning, as it
+  did there.
 
 The bundled digits (8x8, 1,797 images) are the data because a 30-epoch ResNet-shaped
 retraining then takes seconds on a CPU, so a board of N = 32 fits a session; the MNIST

@@ -478,6 +478,8 @@ class _ModelSource:
         recipe = {
             k: v for k, v in self.recipe.as_dict().items() if k not in ("name", "description")
         }
+        if recipe["best_from_epoch"] == 1:  # the default: keys of such recipes stay as they were
+            del recipe["best_from_epoch"]
         identity = {
             "role": role,  # "original": retain + forget; "retrained": retain only
             "data": self.setup.describe(),

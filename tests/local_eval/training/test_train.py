@@ -145,3 +145,20 @@ def test_a_training_is_timed_to_the_end_of_its_device_work(digits, monkeypatch):
     )
     assert events == ["clock", "sync cpu", "clock"]
     assert result.seconds == 7.5
+
+
+def test_the_best_checkpoint_is_taken_from_the_recipes_epoch_on(digits):
+    from local_eval.training.train import train_new_model
+
+    assert RECIPES["organisers_face"].best_from_epoch == 20  # kaggle.md: "from epoch 20 on"
+    assert RECIPES["fast_smallcnn"].best_from_epoch == 1
+    base = dataclasses.replace(RECIPES["fast_smallcnn"], epochs=3, best_on_val=True)
+    for start, allowed in ((2, {2, 3}), (3, {3}), (9, {3})):  # none qualifies: the last epoch
+        recipe = dataclasses.replace(base, best_from_epoch=start)
+        result = train_new_model("smallcnn", digits.retain, digits.val, recipe,
+                                 num_classes=10, device="cpu", seed=0)  # fmt: skip
+        assert result.best_epoch in allowed, (start, result.best_epoch)
+    with pytest.raises(ValueError, match="best_from_epoch must be >= 1"):
+        train_new_model("smallcnn", digits.retain, digits.val,
+                        dataclasses.replace(base, best_from_epoch=0), num_classes=10,
+                        device="cpu", seed=0)  # fmt: skip
