@@ -233,7 +233,7 @@ def run_shard(
             config = dataclasses.replace(config, budget_s=None)
         if config.budget_s == AUTO_BUDGET:
             with _stage(stages, "original"):
-                config = dataclasses.replace(config, budget_s=CUTOFF * models.original_seconds())
+                config = _auto_budget(config, models)
         jobs = shard.select(evaluation_jobs(config.n_models))
         wanted = {role: [job.index for job in jobs if job.role == role] for role in ROLES}
         original = digest = None
@@ -334,7 +334,15 @@ def resolve_budget(
         return config
     with _opened(config, {}) as (setup, arch, recipe, backend):
         models = _ModelSource(setup, arch, recipe, cache, backend, progress, config.trainer)
-        return dataclasses.replace(config, budget_s=CUTOFF * models.original_seconds())
+        return _auto_budget(config, models)
+
+
+def _auto_budget(config: EvalConfig, models: _ModelSource) -> EvalConfig:
+    """The rule itself, for :func:`resolve_budget` and :func:`run_shard` (which counts the
+    original's training among its own)."""
+    if config.budget_s != AUTO_BUDGET:
+        return config
+    return dataclasses.replace(config, budget_s=CUTOFF * models.original_seconds())
 
 
 def prepare_original(
