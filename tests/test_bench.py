@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import submission
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -50,7 +52,7 @@ def test_quick_bench_runs_every_benchmark_and_prints_its_figures(tmp_path):
         ("batched_training", "models/min batched"),
         ("scale", "s per training"),
         ("resnet18", "one retraining s (estimate)"),
-        ("resnet18", "one unlearning s (shrink_perturb, estimate)"),
+        ("resnet18", f"one unlearning s ({submission.DEFAULT_METHOD}, estimate)"),
         ("resnet18", "N = 512, one job at a time, h (estimate)"),
         ("resnet18", "models/min, 1 worker (estimate)"),
     ]:

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import submission
 from bench import resnet18
 
 
@@ -43,10 +44,10 @@ def test_tiny_cpu_run_reports_an_estimate_from_the_measured_seconds():
     assert res["models_per_min"] == pytest.approx(60 / (res["training_wall_s"] * scale))
     assert res["peak_kind"] == "RSS while training" and res["peak_mb"] > 0
     # one unlearning run, scaled by images only (the method's epochs are its own)
-    assert res["unlearning_method"] == "shrink_perturb" and res["unlearning_s"] > 0
+    assert res["unlearning_method"] == submission.DEFAULT_METHOD and res["unlearning_s"] > 0
     lines = resnet18.report_lines(res)
     assert "estimated from 1 epoch(s) on 16 images" in lines[3]
-    assert "(shrink_perturb, estimated from 16 images)" in lines[4]
+    assert f"({submission.DEFAULT_METHOD}, estimated from 16 images)" in lines[4]
     hours = resnet18.projected_hours(res["retraining_s"], res["unlearning_s"])
     assert f"{hours:.1f} h" in lines[5]
     assert res["device"].startswith("CPU")

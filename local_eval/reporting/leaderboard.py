@@ -28,6 +28,7 @@ import json
 import math
 import os
 import platform
+import re
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -290,7 +291,7 @@ def format_markdown(ranked: Sequence[Row], meta: dict) -> str:
         lines.append(_default_line(ranked, default))
     notes = [(r.method, n) for r in ranked for n in r.notes]
     if notes:
-        lines += ["", "What the methods said (their warnings, once per distinct message):", ""]
+        lines += ["", "What the methods said (their warnings, once per kind of message):", ""]
         lines += [f"- `{m}`: {_escape(n)}" for m, n in notes]
     if meta.get("plot"):
         lines += ["", f"![score against seconds per run]({meta['plot']})"]
@@ -504,12 +505,30 @@ def evaluate_methods(
                 else:
                     shared = shared or _shared(result, report)
                 rows.append(row)
-        notes = tuple(dict.fromkeys(one_line(w.message) for w in caught if _from_method(w)))
+        notes = distinct_notes([one_line(w.message) for w in caught if _from_method(w)])
         rows[-1] = replace(rows[-1], notes=notes)
         row = rows[-1]
         what = f"failed: {row.error}" if row.failed else f"score {row.score:.3f}"
         log(f"[{i}/{len(names)}] {name}: {what} ({time.perf_counter() - start:.1f} s)")
     return rows, shared
+
+
+_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+
+
+def distinct_notes(messages: Sequence[str]) -> tuple[str, ...]:
+    """One line per kind of message: messages that differ only in their numbers (steps that
+    fit, layers projected: one per run) are one kind, shown by its first message and a count."""
+    kinds: dict[str, list[str]] = {}
+    for message in messages:
+        kinds.setdefault(_NUMBER.sub("#", message), []).append(message)
+    return tuple(
+        group[0]
+        if len(set(group)) == 1
+        else f"{group[0]} ({len(group)} such messages, "
+        f"{len(set(group))} distinct: their numbers vary from run to run)"
+        for group in kinds.values()
+    )
 
 
 def _from_method(warning: warnings.WarningMessage) -> bool:

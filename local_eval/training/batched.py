@@ -49,13 +49,16 @@ sequential trainer's). The same seeds and group size repeat bitwise on a CPU (on
 cuDNN's and the max-pool backward's atomic adds make repeats differ by float rounding, as
 they do for the sequential trainer there). ``TrainResult.seconds``
 is the group's wall time divided by K (amortised), not the time one model takes alone.
-Augmentation and best-on-validation recipes are refused (use the sequential trainer).
+Best-on-validation recipes keep, per model, the epoch the sequential trainer would keep (each
+model's validation accuracy after every epoch from ``best_from_epoch`` on; the first best
+wins). Augmentation recipes are refused (use the sequential trainer).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -164,11 +167,10 @@ _BUILD_LOCK = threading.Lock()  # seeding the global RNG and building must not i
 def check_batchable(recipe: Recipe) -> None:
     """Raise ``ValueError`` unless the batched trainer can run ``recipe``."""
     check_recipe(recipe)
-    if recipe.augment != "none" or recipe.best_on_val:
+    if recipe.augment != "none":
         raise ValueError(
-            "the batched trainer supports recipes without augmentation and without "
-            f"best-on-validation selection; {recipe.name!r} has augment={recipe.augment!r}, "
-            f"best_on_val={recipe.best_on_val} (use the sequential trainer)"
+            "the batched trainer supports recipes without augmentation; "
+            f"{recipe.name!r} has augment={recipe.augment!r} (use the sequential trainer)"
         )
 
 
@@ -198,6 +200,8 @@ def _train_group(arch, data, val, recipe, num_classes, device, seeds) -> list[Tr
     weight = _class_weights(data.labels, num_classes).to(device) if recipe.class_weighted else None
     images, labels = data.images.to(device), data.labels.to(device)
     orders = [epoch_orders(len(data), s, recipe.epochs) for s in seeds]
+    selecting = recipe.best_on_val and val is not None and len(val) > 0
+    best = [(-math.inf, 0, None)] * len(seeds)  # per model: (val accuracy, epoch, state)
 
     for epoch in range(recipe.epochs):
         order = torch.stack([o[epoch] for o in orders]).to(device)  # (K, n)
@@ -211,13 +215,25 @@ def _train_group(arch, data, val, recipe, num_classes, device, seeds) -> list[Tr
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
+        if selecting and epoch + 1 >= recipe.best_from_epoch:
+            # as the sequential trainer: each model's epoch of best validation accuracy
+            for k, model in enumerate(models):
+                acc = _val_accuracy(_load(model, k, stacked, params, buffers), val, device)
+                if acc > best[k][0]:
+                    best[k] = (acc, epoch + 1, copy.deepcopy(model.state_dict()))
 
     synchronize(device)  # the group's queued GPU work is part of its time
     seconds = (time.perf_counter() - start) / len(seeds)
-    return [
-        _unstacked(model, k, stacked, params, buffers, val, device, seconds, recipe.epochs)
-        for k, model in enumerate(models)
-    ]
+    results = []
+    for k, model in enumerate(models):
+        if best[k][2] is None:
+            acc = _val_accuracy(_load(model, k, stacked, params, buffers), val, device)
+            results.append(TrainResult(model, seconds, recipe.epochs, acc))
+        else:
+            model.load_state_dict(best[k][2])
+            model.eval()
+            results.append(TrainResult(model, seconds, best[k][1], float(best[k][0])))
+    return results
 
 
 def _batched_forward(template: nn.Module):
@@ -257,14 +273,15 @@ def _class_weights(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
     return torch.where(counts > 0, 1.0 / counts.clamp(min=1), 0.0).float()
 
 
-def _unstacked(model, k, stacked, params, buffers, val, device, seconds, epochs) -> TrainResult:
+def _load(model: nn.Module, k: int, stacked, params, buffers) -> nn.Module:
+    """Model ``k``'s current weights and buffers loaded into ``model``, in eval mode."""
     state = {name: params[_safe(name)][k].detach().clone() for name in stacked}
     state.update({name: b[k].clone() for name, b in buffers.items()})
     model.load_state_dict(state, strict=True)
-    model.eval()
-    val_acc = (
-        accuracy(model_logits(model, val, device=device), val.labels.numpy())
-        if val is not None and len(val)
-        else float("nan")
-    )
-    return TrainResult(model, seconds, epochs, float(val_acc))
+    return model.eval()
+
+
+def _val_accuracy(model: nn.Module, val: Split | None, device) -> float:
+    if val is None or not len(val):
+        return float("nan")
+    return float(accuracy(model_logits(model, val, device=device), val.labels.numpy()))

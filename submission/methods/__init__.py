@@ -15,6 +15,7 @@ from . import (  # noqa: F401  (imported for their @register side effect)
     noisy_weights,
     prune_reinit,
     random_label,
+    relearn,
     reset_distill,
     salun,
     scrub,

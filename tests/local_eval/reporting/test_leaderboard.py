@@ -14,6 +14,7 @@ from local_eval.cli.main import main
 from local_eval.reporting.leaderboard import (
     Row,
     competition_agreement,
+    distinct_notes,
     format_markdown,
     lead_holds,
     lead_holds_paired,
@@ -304,3 +305,19 @@ def test_no_agreement_is_claimed_from_fewer_than_three_entries():
     )
     assert competition_agreement(ranked) is None
     assert "Against the competition" not in format_markdown(ranked, {"title": "t"})
+
+
+def test_messages_that_differ_only_in_their_numbers_are_one_note():
+    said = [
+        "m: only 64 of 65 steps fit in budget_s=1.28",
+        "m: only 60 of 65 steps fit in budget_s=1.28",
+        "m: projected 19 of 21 layers",
+        "m: only 64 of 65 steps fit in budget_s=1.28",
+        "m: projected 19 of 21 layers",
+    ]
+    assert distinct_notes(said) == (
+        "m: only 64 of 65 steps fit in budget_s=1.28 (3 such messages, 2 distinct: their "
+        "numbers vary from run to run)",
+        "m: projected 19 of 21 layers",
+    )
+    assert distinct_notes([]) == ()

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import subprocess
 import sys
@@ -190,6 +191,41 @@ def test_refuses_what_it_cannot_batch(digits):
     with pytest.raises(ValueError, match="distinct"):
         recipe = get_recipe("fast_smallcnn")
         train_new_models_batched("smallcnn", digits.retain, None, recipe, seeds=[1, 1], **kwargs)
+
+
+def test_best_on_validation_keeps_each_models_best_epoch_as_the_sequential_trainer(digits):
+    # 6 epochs at a low rate: validation accuracy still moves from epoch to epoch
+    recipe = get_recipe("fast_smallcnn", epochs=6, lr=2e-3)
+    recipe = dataclasses.replace(recipe, best_on_val=True, best_from_epoch=3)
+    val = digits.val
+    seeds = [21, 22, 23]
+    results = train_new_models_batched(
+        "smallcnn", digits.retain, val, recipe, num_classes=10, device="cpu", seeds=seeds
+    )
+    last = train_new_models_batched(
+        "smallcnn",
+        digits.retain,
+        val,
+        dataclasses.replace(recipe, best_on_val=False),
+        num_classes=10,
+        device="cpu",
+        seeds=seeds,
+    )
+    for result, final in zip(results, last, strict=True):
+        assert 3 <= result.best_epoch <= 6 and final.best_epoch == 6
+        # the kept weights are the reported epoch's: their accuracy is the reported one,
+        # the best of the epochs from 3 on (so never below the last epoch's)
+        kept = accuracy(model_logits(result.model, val, device="cpu"), val.labels.numpy())
+        assert kept == pytest.approx(result.val_accuracy)
+        assert result.val_accuracy >= final.val_accuracy
+    assert any(r.best_epoch < 6 for r in results)  # (seed 22 peaks at epoch 4 here)
+    # the sequential trainer, seed for seed, keeps an epoch of the same accuracy (up to the
+    # float noise of the grouped kernels: one validation example in 180)
+    for seed, result in zip(seeds, results, strict=True):
+        alone = train_new_model(
+            "smallcnn", digits.retain, val, recipe, num_classes=10, device="cpu", seed=seed
+        )
+        assert abs(alone.val_accuracy - result.val_accuracy) <= 1 / len(val) + 1e-9
 
 
 PEAK_SCRIPT = """
