@@ -86,6 +86,10 @@ def auto_perturb(epochs: float) -> float:
     return min(max(0.5 + 0.2 * math.log(epochs), low), high)
 
 
+class _HandedOver(Exception):
+    """Raised inside the loop when ``handover`` takes the run elsewhere."""
+
+
 @register("shrink_perturb")
 def shrink_perturb(
     net,
@@ -101,6 +105,38 @@ def shrink_perturb(
     warmup: float = 0.25,
     weight_decay: float = 0.0,
 ):
+    perturb_then_relearn(
+        net,
+        retain,
+        Deadline(budget_s),
+        shrink=shrink,
+        perturb=perturb,
+        epochs=epochs,
+        lr=lr,
+        warmup=warmup,
+        weight_decay=weight_decay,
+    )
+    return net.eval()
+
+
+def perturb_then_relearn(
+    net,
+    retain,
+    deadline: Deadline,
+    *,
+    shrink: float,
+    perturb: float | None,
+    epochs: int,
+    lr: float,
+    warmup: float,
+    weight_decay: float,
+    handover=None,
+) -> bool:
+    """The method's run within ``deadline``. ``handover(loop, batch)``, when given, is asked
+    once, when the loop's timing steps are done and before the perturbation: if it returns
+    True the run stops there (the model has had only the timing steps) and this returns
+    False (``relearn`` uses it to choose its regime from those timings). Returns True
+    otherwise."""
     if not 0.0 <= shrink <= 1.0 or (perturb is not None and perturb < 0.0):
         raise ValueError(
             f"need 0 <= shrink <= 1 and perturb >= 0 (or None: sized to the budget); got "
@@ -108,7 +144,6 @@ def shrink_perturb(
         )
     if shrink == 1.0 and perturb == 0.0:
         raise ValueError("shrink=1 with perturb=0 changes nothing; lower shrink or raise perturb")
-    deadline = Deadline(budget_s)
     device = device_of(net)
     n_retain = count_batches(retain)
     loop = TrainLoop(deadline, planned_steps=epochs * n_retain, device=device)
@@ -121,6 +156,8 @@ def shrink_perturb(
         # Perturb once the loop knows how many epochs of relearning fit (see the docstring).
         nonlocal perturbed
         if not perturbed and loop.calibrated:
+            if handover is not None and handover(loop, batch):
+                raise _HandedOver
             size = auto_perturb(epochs * loop.fraction) if perturb is None else perturb
             shrink_and_perturb(net, shrink=shrink, perturb=size)
             optimizer.state.clear()  # Adam's moments from the probe steps describe the old net
@@ -128,14 +165,21 @@ def shrink_perturb(
         return train_step(batch)
 
     net.train()
-    loop.run_epochs(
-        epochs, lambda: device_batches(retain, device), step, steps=n_retain, schedules=(schedule,)
-    )
+    try:
+        loop.run_epochs(
+            epochs,
+            lambda: device_batches(retain, device),
+            step,
+            steps=n_retain,
+            schedules=(schedule,),
+        )
+    except _HandedOver:
+        return False
     if not perturbed:
         warnings.warn(
-            f"shrink_perturb: the budget ({budget_s} s) ran out within the {loop.steps} timing "
-            "steps, before any relearning could follow a perturbation; the model is returned "
-            "after those retain steps only. Give it a larger budget_s.",
-            stacklevel=2,
+            f"shrink_perturb: the budget ({deadline.budget_s} s) ran out within the "
+            f"{loop.steps} timing steps, before any relearning could follow a perturbation; "
+            "the model is returned after those retain steps only. Give it a larger budget_s.",
+            stacklevel=3,
         )
-    return net.eval()
+    return True

@@ -12,9 +12,9 @@ import submission
 import submission.methods.relearn as relearn_module
 from submission import METHODS, seed_everything
 from submission.helpers import frozen_copy
-from submission.loop import Deadline
+from submission.loop import Deadline, TrainLoop
 from submission.methods.prune_reinit import pruned_tensors
-from submission.methods.relearn import choose_regime, epochs_that_fit
+from submission.methods.relearn import choose_regime, reset_epochs_that_fit
 
 from ..conftest import SlowLoader, make_data, make_loader, make_net
 
@@ -45,22 +45,27 @@ def test_the_regime_is_reset_once_enough_epochs_of_relearning_fit(fits, regime):
 
 
 def spy_on_damage(monkeypatch):
-    """Record which regime ran: the reset's pruning (its amount) or shrink_perturb (its
-    budget and settings), without changing either."""
+    """Record which regime ran: the reset's pruning (its amount) or shrink_perturb's run to
+    its end (its settings), without changing either."""
     calls = []
-    real_prune, real_perturb = relearn_module.prune_and_redraw, relearn_module.shrink_perturb
+    real_prune, real_perturb = relearn_module.prune_and_redraw, relearn_module.perturb_then_relearn
 
     def prune(net, amount):
         calls.append(("reset", amount))
         return real_prune(net, amount)
 
-    def perturb(net, retain, forget, val, **kwargs):
-        calls.append(("perturb", kwargs))
-        return real_perturb(net, retain, forget, val, **kwargs)
+    def perturb(net, retain, deadline, *, handover=None, **settings):
+        finished = real_perturb(net, retain, deadline, handover=handover, **settings)
+        if finished:
+            calls.append(("perturb", settings))
+        return finished
 
     monkeypatch.setattr(relearn_module, "prune_and_redraw", prune)
-    monkeypatch.setattr(relearn_module, "shrink_perturb", perturb)
+    monkeypatch.setattr(relearn_module, "perturb_then_relearn", perturb)
     return calls
+
+
+SHRINK_PERTURB = {"shrink": 1.0, "epochs": 2, "warmup": 0.25, "weight_decay": 0.0, "lr": 3e-3}
 
 
 def test_auto_chooses_by_the_epochs_that_fit(monkeypatch):
@@ -71,47 +76,51 @@ def test_auto_chooses_by_the_epochs_that_fit(monkeypatch):
     assert calls == [("reset", pytest.approx(0.99))]
     calls.clear()
     METHODS["relearn"](make_net(0), loader, loader, loader, epochs=1)
-    assert calls == [("perturb", {"budget_s": None, "perturb": None, "lr": 3e-3})]
+    assert calls == [("perturb", {**SHRINK_PERTURB, "perturb": None})]
     calls.clear()
     METHODS["relearn"](make_net(0), loader, loader, loader, epochs=1, regime="reset")
     assert calls == [("reset", pytest.approx(0.99))]
     calls.clear()
     METHODS["relearn"](make_net(0), loader, loader, loader, regime="perturb", perturb=0.3)
-    assert calls == [("perturb", {"budget_s": None, "perturb": 0.3, "lr": 3e-3})]
+    assert calls == [("perturb", {**SHRINK_PERTURB, "perturb": 0.3})]
 
 
-def test_a_budget_that_fits_little_relearning_hands_what_is_left_to_shrink_perturb(monkeypatch):
+def test_the_perturb_regime_is_shrink_perturb_with_its_defaults():
+    nets = []
+    for method, kwargs in (("shrink_perturb", {}), ("relearn", {"regime": "perturb"})):
+        loader = loader_of()  # (a loader's own generator moves on with every epoch)
+        seed_everything(3)
+        net = make_net(0)
+        METHODS[method](net, loader, loader, loader, **kwargs)
+        nets.append(net.state_dict())
+    for name, value in nets[0].items():
+        assert torch.equal(value, nets[1][name]), name
+
+
+def test_a_budget_that_fits_little_relearning_stays_with_shrink_perturb(monkeypatch):
     # 16 steps an epoch, each at least 20 ms: 0.4 s fits well under 2 epochs
     loader = SlowLoader(loader_of(batch_size=4), delay_s=0.02)
-    net = make_net(0)
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    seen = []
-    real = relearn_module.shrink_perturb
-
-    def check(net_, *args, **kwargs):  # the timing steps left the model as it was
-        seen.append(all(torch.equal(v, net_.state_dict()[k]) for k, v in before.items()))
-        return real(net_, *args, **kwargs)
-
-    monkeypatch.setattr(relearn_module, "shrink_perturb", check)
-    METHODS["relearn"](net, loader, loader, loader, budget_s=0.4)
-    assert seen == [True]
-    monkeypatch.setattr(relearn_module, "shrink_perturb", real)
     calls = spy_on_damage(monkeypatch)
     METHODS["relearn"](make_net(0), loader, loader, loader, budget_s=0.4)
     assert len(calls) == 1 and calls[0][0] == "perturb"
-    assert 0 < calls[0][1]["budget_s"] < 0.4
+    # a budget that fits many epochs of the tiny net's steps resets after the timing steps
+    calls.clear()
+    METHODS["relearn"](make_net(0), loader_of(), loader_of(), loader_of(), budget_s=1.0)
+    assert calls == [("reset", pytest.approx(0.99))]
 
 
-def test_epochs_that_fit_times_the_steps_without_touching_the_model():
-    net = make_net(0).train()
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    loader = SlowLoader(loader_of(batch_size=4), delay_s=0.0)
-    deadline = Deadline(10.0)
-    fits = epochs_that_fit(net, frozen_copy(net), loader, deadline, device="cpu")
-    assert fits > 1  # milliseconds a step, 16 steps an epoch, 10 s
-    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
-    assert all(p.grad is None for p in net.parameters())
-    assert epochs_that_fit(net, net, loader, Deadline(None), device="cpu") == math.inf
+def test_reset_epochs_that_fit_add_the_teachers_forward_to_the_timed_steps():
+    net = make_net(0)
+    loader = SlowLoader(loader_of(batch_size=4), delay_s=0.0)  # 16 batches an epoch
+    loop = TrainLoop(Deadline(10.0), planned_steps=100)
+    loop.steps, loop.step_seconds = 4, 4 * 0.01  # timed steps of 10 ms
+    batch = next(iter(loader))
+    fits = reset_epochs_that_fit(loop, frozen_copy(net), batch, 16)
+    upper = loop.margin * loop.deadline.remaining() / 0.01 / 16
+    assert 0.3 * upper < fits < upper  # the teacher's forward costs a fraction of a step
+    assert reset_epochs_that_fit(TrainLoop(Deadline(None), planned_steps=1), net, batch, 16) == (
+        math.inf
+    )
 
 
 def test_reset_keeps_exactly_the_global_top_share_and_redraws_the_rest():
