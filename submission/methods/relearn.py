@@ -124,7 +124,7 @@ def relearn(
         )
     deadline = Deadline(budget_s)
     device = device_of(net)
-    teacher = frozen_copy(net)
+    teacher = None if regime == "perturb" else frozen_copy(net)  # the original, for reset
     n_retain = count_batches(retain)
 
     def handover(loop, batch) -> bool:  # after shrink_perturb's timing steps: reset instead?
