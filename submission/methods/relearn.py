@@ -11,7 +11,7 @@ how many epochs of reset-regime relearning the budget affords, and then runs one
 regimes:
 
 - **reset** (at least ``reset_from_epochs`` epochs fit; in the competition-shaped setting 20% of
-  one retraining affords about 3 of these steps, which also run the teacher): keep only the
+  one retraining affords about 3 epochs of its steps, which also run the teacher): keep only the
   largest ``keep`` share of all conv and linear weights and biases by one global magnitude
   threshold, redraw the other weights from their layers' uniform fan-in initialisation (the
   damage of ``prune_reinit``; BatchNorm layers keep their parameters and statistics), then

@@ -111,7 +111,7 @@ def test_a_budget_that_fits_little_relearning_stays_with_shrink_perturb(monkeypa
 
 def test_reset_epochs_that_fit_add_the_teachers_forward_to_the_timed_steps():
     net = make_net(0)
-    loader = SlowLoader(loader_of(batch_size=4), delay_s=0.0)  # 16 batches an epoch
+    loader = loader_of(batch_size=4)  # 16 batches an epoch
     loop = TrainLoop(Deadline(10.0), planned_steps=100)
     loop.steps, loop.step_seconds = 4, 4 * 0.01  # timed steps of 10 ms
     batch = next(iter(loader))
