@@ -131,6 +131,54 @@ def _measure(*, models: int, group: int, rounds: int, epochs: int | None, thread
     }
 
 
+def run_setting(*, n_models: int = 8, rounds: int = 2, epochs: int | None = None) -> dict:
+    """The competition-shaped setting's reference stage (``local_eval.runs.competition``:
+    ``resnet18_narrow``, the organisers' recipe) as the evaluator runs it (its default
+    workers and threads, an empty cache each time), with each trainer, in ``rounds``
+    interleaved rounds (each trainer first in half of them; round r is seed r, so new
+    models). The stage trains 2N retrained models and N - 1 originals (model 0, the
+    original, is trained before it, alone, by the sequential trainer either way)."""
+    import tempfile
+    from pathlib import Path
+
+    from local_eval.runs.competition import SETTING
+    from local_eval.runs.loading import LoadedMethod
+    from local_eval.runs.pipeline import EvalConfig, run_evaluation
+    from local_eval.training.cache import ModelCache
+
+    if rounds < 1 or n_models < 2:
+        raise ValueError(f"need n_models >= 2 and rounds >= 1, got {n_models} and {rounds}")
+    untouched = LoadedMethod(lambda net, *loaders: net, "bench:untouched", accepts_budget=False)
+    overrides = {} if epochs is None else {"epochs": epochs}
+    seconds = {"sequential": [], "batched": []}
+    accuracy = {"sequential": [], "batched": []}
+    for r in range(rounds):
+        for trainer in ("sequential", "batched") if r % 2 == 0 else ("batched", "sequential"):
+            config = EvalConfig(**{**SETTING, "trainer": trainer}, n_models=n_models, seed=r,
+                                budget_s=None, recipe_overrides=overrides)  # fmt: skip
+            with tempfile.TemporaryDirectory(prefix="bench-setting-") as tmp:
+                cache = ModelCache(Path(tmp))
+                result = run_evaluation(config, untouched, cache=cache, progress=False)
+            seconds[trainer].append(result.stage_seconds["references"])
+            accuracy[trainer].append(float(np.mean(result.signals.retrained.test_accuracy)))
+    models = 3 * n_models - 1
+    plain_s, batched_s = sum(seconds["sequential"]), sum(seconds["batched"])
+    return {
+        "n_models": n_models,
+        "models": models,
+        "rounds": rounds,
+        "epochs": config.recipe_overrides.get("epochs") or 30,
+        "plain_models_per_min": 60 * models * rounds / plain_s,
+        "batched_models_per_min": 60 * models * rounds / batched_s,
+        "ratio": plain_s / batched_s,
+        "round_ratios": [
+            p / b for p, b in zip(seconds["sequential"], seconds["batched"], strict=True)
+        ],
+        "plain_accuracy": float(np.mean(accuracy["sequential"])),
+        "batched_accuracy": float(np.mean(accuracy["batched"])),
+    }
+
+
 def _cpu_times() -> list[int] | None:
     """The machine's cumulative CPU times (``/proc/stat``'s ``cpu`` line), None off Linux."""
     try:

@@ -39,6 +39,7 @@ def test_quick_bench_runs_every_benchmark_and_prints_its_figures(tmp_path):
         "metric",
         "evaluator",
         "batched_training",
+        "batched_setting",
         "scale",
         "resnet18",
         "setting",
@@ -50,6 +51,8 @@ def test_quick_bench_runs_every_benchmark_and_prints_its_figures(tmp_path):
         ("evaluator", "warm s"),
         ("batched_training", "models/min one at a time"),
         ("batched_training", "models/min batched"),
+        ("batched_setting", "models/min one at a time"),
+        ("batched_setting", "models/min batched"),
         ("scale", "s per training"),
         ("resnet18", "one retraining s (estimate)"),
         ("resnet18", f"one unlearning s ({submission.DEFAULT_METHOD}, estimate)"),
@@ -64,6 +67,8 @@ def test_quick_bench_runs_every_benchmark_and_prints_its_figures(tmp_path):
         "2 rounds of 4 models, groups of 4, 2 epochs"
     )
     assert len(rows[("batched_training", "ratio per round")].split(", ")) == 2
+    assert float(rows[("batched_setting", "ratio")].rstrip("x")) > 0
+    assert rows[("batched_setting", "size")] == "2 rounds of N = 2 (5 models each), 2 epochs"
     # the competition-shaped setting beside the competition's figures (its shape is exact)
     assert rows[("setting", "forget persons, whole (competition)")] == "15, 0 split (15)"
     assert rows[("setting", "forget share of training (competition)")] == "2.38% (2%)"
@@ -80,6 +85,7 @@ def test_quick_bench_runs_every_benchmark_and_prints_its_figures(tmp_path):
         "metric",
         "evaluator",
         "batched_training",
+        "batched_setting",
         "scale",
         "resnet18",
         "setting",

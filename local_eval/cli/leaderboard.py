@@ -50,12 +50,13 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise ValueError("the leaderboard trains the references once for every method, in the "
                          "model cache: drop --no-cache")  # fmt: skip
     names = choose_methods(args.methods)
-    out = args.out or _default_out(args.dataset)
+    given = eval_config(args)
+    out = args.out or _default_out(given.dataset)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
     cache = ModelCache(args.cache_dir or default_cache_dir())
     # one budget for every method: "auto" resolved once, from the shared original
-    config = resolve_budget(eval_config(args), cache=cache, progress=not args.quiet)
+    config = resolve_budget(given, cache=cache, progress=not args.quiet)
 
     def log(line: str) -> None:
         if not args.quiet:
@@ -95,11 +96,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _title(args: argparse.Namespace, setup: dict, config) -> str:
-    forget = setup.get("forget", args.forget or "default forget set")
+    forget = setup.get("forget", config.forget or "default forget set")
     budget = "no budget" if config.budget_s is None else f"{config.budget_s:.3g} s per run"
     if args.budget_s == "auto":
         budget += " (auto: 20% of the original's training)"
-    return f"{args.dataset}, forget {forget}, N = {config.n_models}, {budget}"
+    return f"{config.dataset}, forget {forget}, N = {config.n_models}, {budget}"
 
 
 def _default_out(dataset: str) -> Path:

@@ -20,6 +20,7 @@ from local_eval.common.errors import RunTimeout, UsageError
 from local_eval.common.files import check_out_folder, folder_lock
 from local_eval.runs.backends import BACKENDS
 from local_eval.runs.checkpoints import open_checkpoints
+from local_eval.runs.competition import SETTINGS
 from local_eval.runs.loading import (
     PER_BUDGET,
     load_unlearning,
@@ -105,7 +106,8 @@ RUN_OPTIONS = (
     Option(
         "trainer",
         "how reference models are trained: one at a time, or in vectorised groups "
-        "(local_eval.training.batched; recipes without augmentation only)",
+        "(local_eval.training.batched; recipes without augmentation only). The original "
+        "is trained alone, one at a time, either way: its seconds are one retraining",
         choices=TRAINERS,
     ),
     Option(
@@ -144,18 +146,21 @@ def budget_value(text: str) -> float | str | None:
         ) from None
 
 
-DEFAULT_LATER = ("n_models",)  # None on the command line: filled in by eval_config
+# options a named setting (--setting) fixes: an option given beside it wins over its value
+SETTING_FIELDS = tuple(dict.fromkeys(k for setting in SETTINGS.values() for k in setting))
+# None on the command line: filled in by eval_config (so it knows what was given)
+DEFAULT_LATER = ("n_models", *SETTING_FIELDS)
 
 
 def _add(group, option: Option) -> None:
-    default = None if option.name in DEFAULT_LATER else CONFIG_DEFAULTS.get(option.name)
+    default = CONFIG_DEFAULTS.get(option.name)
     shown = "" if default is None or "default" in option.help else f" (default {default})"
     group.add_argument(
         option.flag,
         dest=option.name,
         type=option.type,
         choices=option.choices,
-        default=default,
+        default=None if option.name in DEFAULT_LATER else default,
         help=option.help + shown,
     )
 
@@ -167,6 +172,16 @@ def build_parser(
     submission (a command that evaluates one; ``leaderboard`` chooses methods instead)."""
     p = argparse.ArgumentParser(prog=prog, description=description)
     data = p.add_argument_group("data and models")
+    data.add_argument(
+        "--setting",
+        choices=tuple(SETTINGS),
+        help="a named setting, which sets the options it fixes unless they are given: "
+        + "; ".join(
+            f"{name}: " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in setting.items())
+            for name, setting in SETTINGS.items()
+        )
+        + " (the competition-shaped setting on 2 CPU cores: local_eval.runs.competition)",
+    )
     for option in DATA_OPTIONS + RECIPE_OPTIONS:
         _add(data, option)
     if submission:
@@ -228,6 +243,10 @@ def eval_config(args: argparse.Namespace, *, n_models: int | None = None) -> Eva
     values = {o.name: getattr(args, o.name) for o in CONFIG_OPTIONS}
     if values["n_models"] is None:
         values["n_models"] = n_models or CONFIG_DEFAULTS["n_models"]
+    preset = SETTINGS[args.setting] if getattr(args, "setting", None) else {}
+    for name in SETTING_FIELDS:
+        if values[name] is None:
+            values[name] = preset.get(name, CONFIG_DEFAULTS[name])
     original = getattr(args, "original", None)
     return EvalConfig(
         **values,

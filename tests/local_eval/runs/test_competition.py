@@ -50,7 +50,7 @@ def test_the_settings_recipe_is_the_organisers_30_epochs():
 def test_the_leaderboard_runs_on_the_setting(tmp_path):
     """Every registered method on the competition-shaped setting, at a small N."""
     out = tmp_path / "board"
-    argv = ["leaderboard", *[f"--{k}={v}" for k, v in SETTING.items()], "--n-models", "2",
+    argv = ["leaderboard", "--setting", "competition", "--n-models", "2",
             "--epochs", "2", "--workers", "1", "--quiet", "--cache-dir", str(tmp_path / "c"),
             "--out", str(out)]  # fmt: skip
     assert local_eval_main(argv) == 0
@@ -59,3 +59,4 @@ def test_the_leaderboard_runs_on_the_setting(tmp_path):
 
     assert {row["method"] for row in board["rows"]} == set(METHODS)
     assert board["setup"]["forget"] == "persons" and board["setup"]["arch"] == "resnet18_narrow"
+    assert board["setup"]["trainer"] == "batched"  # the setting's references

@@ -1,6 +1,8 @@
 """End-to-end checks of the evaluation on digits with the small CNN (small N, shared cache)."""
 
 import dataclasses
+import json
+import time
 
 import numpy as np
 import pytest
@@ -245,7 +247,7 @@ def test_models_trained_on_a_gpu_are_cached_apart_from_cpu_ones(tmp_path):
         source = pipeline._ModelSource(
             setup, "smallcnn", RECIPES["fast_smallcnn"], cache, backend, False, trainer
         )
-        return source.key("retrained")
+        return source.key("retrained", trainer)
 
     assert key("cpu") != key("cuda")
     assert key("cuda:1") == key("cuda")  # the kind of device, not which one
@@ -269,8 +271,9 @@ def test_the_default_budget_is_the_competitions_rule(tmp_path):
     cache = ModelCache(tmp_path)
     loaded = LoadedMethod(records_its_budget, "test:budget", accepts_budget=True)
     result = run_evaluation(config, loaded, cache=cache, progress=False)
-    key = next(p.name for p in tmp_path.iterdir() if p.is_dir() and "original" in (
-        (p / "meta.json").read_text() if (p / "meta.json").exists() else ""))  # fmt: skip
+    metas = {p.name: json.loads((p / "meta.json").read_text()) for p in tmp_path.iterdir()
+             if (p / "meta.json").exists()}  # fmt: skip
+    [key] = [k for k, m in metas.items() if '"original"' in json.dumps(m)]
     original = cache.load(key, model_seed(0, "original", 0))
     assert original is not None and original.seconds > 0
     assert result.config.budget_s == pytest.approx(CUTOFF * original.seconds)
@@ -295,3 +298,14 @@ def test_the_run_time_limit_follows_each_runs_budget():
     assert method(untouched).time_limit_s(2.0) is None
     with pytest.raises(ValueError, match="must be positive seconds"):
         with_time_limit(method(untouched), 0)
+
+
+def test_a_stage_entered_twice_reports_both_times():
+    # run_shard enters "original" for the auto budget and again for the weights: the
+    # second (a cache read) must not overwrite the first (the training)
+    stages = {}
+    with pipeline._stage(stages, "original"):
+        time.sleep(0.05)
+    with pipeline._stage(stages, "original"):
+        pass
+    assert stages["original"] >= 0.05

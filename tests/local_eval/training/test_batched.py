@@ -265,13 +265,19 @@ def test_group_sizes_share_the_models_among_workers():
 
 
 def test_batched_models_have_their_own_cache_keys(digits, recipe):
-    def key(*trainer):
-        backend = types.SimpleNamespace(device=torch.device("cpu"))
-        args = (digits, "smallcnn", recipe, ModelCache(None), backend, False)
-        return _ModelSource(*args, *trainer).key("retrained")
-
-    assert key("batched") != key("sequential")
-    assert key("sequential") == key()  # the sequential trainer's cache entries are still found
+    backend = types.SimpleNamespace(device=torch.device("cpu"))
+    cache = ModelCache(None)
+    source = _ModelSource(digits, "smallcnn", recipe, cache, backend, False, "batched")
+    assert source.key("retrained", "batched") != source.key("retrained", "sequential")
+    # the sequential trainer's keys are as they were before there was a batched trainer
+    identity = {"role": "retrained", "data": digits.describe(), "arch": "smallcnn"}
+    recipe_fields = {k: v for k, v in recipe.as_dict().items() if k not in ("name", "description")}
+    recipe_fields.pop("best_from_epoch")  # 1, the default: left out of the key
+    old_key = cache.group({**identity, "recipe": recipe_fields})
+    assert source.key("retrained", "sequential") == old_key
+    # the original (model 0) is the sequential trainer's, whatever trains the others
+    assert source.trainer_of("original", 0) == "sequential"
+    assert source.trainer_of("original", 1) == source.trainer_of("retrained", 0) == "batched"
 
 
 def test_unknown_trainer_and_unbatchable_recipe_are_clean_errors(tmp_path, capsys):
@@ -295,6 +301,20 @@ def test_evaluation_with_the_batched_trainer_end_to_end(tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["trainer"] == "batched"
     assert report["models_trained"] == {"original": 2, "retrained": 4}
+    # the original was trained alone by the sequential trainer (its seconds are the budget's
+    # base), the floor's other original and the references by the batched one
+    digits = load_setup("digits")
+    backend = types.SimpleNamespace(device=torch.device("cpu"))
+    cache = ModelCache(tmp_path / "c")
+    recipe = get_recipe("fast_smallcnn", epochs=1)
+    source = _ModelSource(digits, "smallcnn", recipe, cache, backend, False, "batched")
+    seeds = [source.seed("original", i) for i in (0, 1)]
+    assert cache.load(source.key("original", "sequential"), seeds[0]) is not None
+    assert cache.load(source.key("original", "batched"), seeds[0]) is None
+    assert cache.load(source.key("original", "batched"), seeds[1]) is not None
+    assert report["time"]["retraining_s"] == pytest.approx(
+        cache.load(source.key("original", "sequential"), seeds[0]).seconds
+    )
     assert np.isfinite(report["forget_quality"])
     code = main([*args, "--method", "finetune", "--out", str(tmp_path / "again")])
     assert code == 0
