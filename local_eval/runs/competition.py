@@ -30,8 +30,8 @@ import numpy as np
 __all__ = ["COMPETITION", "SETTING", "SETTINGS", "setting_statistics"]
 
 # the options of python -m local_eval that give the setting (``--setting competition`` sets
-# them all). Its references are trained by the batched trainer: the same recipe, about 1.5
-# times the models per minute on 2 cores (``python -m bench --only batched_setting``); the
+# them all). Its references are trained by the batched trainer: the same recipe, more models
+# per minute on 2 cores (``python -m bench --only batched_setting``; docs/benchmarks.md); the
 # original, whose seconds set the budget, is trained alone by the sequential one either way.
 SETTING = {
     "dataset": "digits",
