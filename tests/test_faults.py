@@ -90,6 +90,11 @@ def _fork_job(argv: list[str]) -> int:
     if pid == 0:  # the child: never return into pytest
         code = 99
         try:
+            # the parent's intra-op thread pool does not survive a fork: a child using it
+            # waits forever for threads it does not have (it hung before writing its
+            # manifest when this test ran alone, after a resume in this process). One
+            # thread keeps the child's ops in its own thread.
+            torch.set_num_threads(1)
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 1)
             os.dup2(devnull, 2)
