@@ -241,9 +241,6 @@ def run_shard(
         original = digest = None
         if given is not None:  # the user's original (the floor's model 0 is still trained)
             original, digest = given[0], digest_tensors(given[0])
-            if 0 in wanted["original"]:  # alone, never in a batched group: its seconds are
-                with _stage(stages, "original"):  # the report's "one retraining"
-                    models.original_weights()
         elif wanted["unlearning"] or 0 in wanted["original"]:
             with _stage(stages, "original"):
                 original = models.original_weights()
@@ -551,6 +548,10 @@ class _ModelSource:
             job: self._memo.get((keys[job[:2]], job[2])) or self.cache.load(keys[job[:2]], job[2])
             for job in jobs.values()
         }
+        first = jobs.get(("original", 0))
+        if first is not None and found[first] is None:  # alone: not in a batched group, nor
+            self.original_weights()  # beside other workers (its seconds are one retraining)
+            found[first] = self._memo[keys[first[:2]], first[2]]
         missing = [job for job, record in found.items() if record is None]
         with _progress(len(missing), "training reference models", self.progress) as bar:
             for job, (record, _) in self._train_many(missing):

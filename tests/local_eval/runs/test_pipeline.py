@@ -13,6 +13,7 @@ from local_eval.runs import pipeline, unlearning
 from local_eval.runs.loading import LoadedMethod, load_unlearning
 from local_eval.runs.pipeline import EvalConfig, SubmissionError, run_evaluation
 from local_eval.training.cache import ModelCache
+from local_eval.training.signals import ModelRecord
 from local_eval.training.train import RECIPES, train_model
 
 QUICK = {"epochs": 5}  # half the fast recipe: still memorises the forget set, twice as fast
@@ -309,3 +310,40 @@ def test_a_stage_entered_twice_reports_both_times():
     with pipeline._stage(stages, "original"):
         pass
     assert stages["original"] >= 0.05
+
+
+def test_the_original_is_trained_alone_before_the_other_models(tmp_path):
+    # wherever records() meets a missing original (model 0), it is trained in a call of its
+    # own, by the sequential trainer, before the others are trained together
+    import types
+
+    from local_eval.data.setup import load_setup
+
+    backend = types.SimpleNamespace(device=torch.device("cpu"), workers=1, map=None)
+    recipe = dataclasses.replace(RECIPES["fast_smallcnn"], epochs=1)
+    source = pipeline._ModelSource(
+        load_setup("digits"), "smallcnn", recipe, ModelCache(tmp_path), backend, False, "batched"
+    )
+    calls = []
+
+    def fake_train_many(jobs, *, weights=False):
+        calls.append(list(jobs))
+        for job in jobs:
+            record = ModelRecord(
+                forget_logits=np.zeros((3, 10), np.float32), test_losses=np.zeros(4, np.float32),
+                retain_accuracy=1.0, test_accuracy=1.0, forget_accuracy=1.0,
+                seconds=float(len(calls)),
+            )  # fmt: skip
+            yield job, (record, {"w": torch.zeros(1)} if weights else None)
+
+    source._train_many = fake_train_many
+    records = source.records({"original": [0, 1, 2], "retrained": [0]})
+    seeds = [source.seed("original", i) for i in range(3)]
+    assert calls[0] == [("original", "sequential", seeds[0])]
+    assert calls[1] == [
+        ("original", "batched", seeds[1]),
+        ("original", "batched", seeds[2]),
+        ("retrained", "batched", source.seed("retrained", 0)),
+    ]
+    assert records[pipeline.Job("original", 0)].seconds == 1.0  # its own call's record
+    assert records[pipeline.Job("original", 1)].seconds == 2.0
