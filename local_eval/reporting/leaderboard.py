@@ -20,6 +20,12 @@ overstate how uncertain their difference is. The ``leader ahead by`` column give
 paired interval too: the leader's score minus the row's, with the forget examples
 resampled jointly (:func:`local_eval.reporting.report.paired_bootstrap`). Both are printed; the
 verdict says which of them the lead clears.
+
+Resolution (:func:`resolution`): the same paired interval for the ceiling (a 2nd retrained
+set, what a perfect unlearner matches) against the runner-up. When it includes 0, even a
+perfect unlearner would not be told apart from the runner-up on these forget examples, so no
+leader can clear the paired interval over it at this N: the verdict says so, rather than
+leaving "not told apart" to read as a tie between the two methods.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from local_eval.common.errors import RunTimeout
-from local_eval.reporting.report import build_report, jsonable
+from local_eval.reporting.report import build_report, ceiling_example_scores, jsonable
 from local_eval.runs.loading import load_unlearning, with_time_limit
 from local_eval.runs.pipeline import SubmissionError, run_evaluation
 
@@ -55,6 +61,7 @@ __all__ = [
     "leader_ahead",
     "machine",
     "rank",
+    "resolution",
     "versus_leader",
     "write_board",
 ]
@@ -160,6 +167,32 @@ def lead_holds_paired(ranked: Sequence[Row]) -> bool | None:
         return None
     interval = leader_ahead(scored[:2])[1]
     return None if interval is None else bool(interval[0] > 0.0)
+
+
+def resolution(
+    ranked: Sequence[Row], ceiling_scores: np.ndarray | None, *, seed: int = 0
+) -> dict | None:
+    """Whether a perfect unlearner would lead the runner-up beyond the paired 95% interval.
+
+    ``ceiling_scores``: the ceiling's per-example scores
+    (:func:`local_eval.reporting.report.ceiling_example_scores`, on the same forget examples
+    as the rows'). Returns the runner-up's name, the ceiling's lead over it with its paired
+    interval, and ``resolvable`` (that interval lies above 0); ``None`` with fewer than two
+    scored rows or without per-example scores.
+    """
+    scored = [r for r in ranked if not r.failed]
+    if len(scored) < 2 or ceiling_scores is None or scored[1].example_scores is None:
+        return None
+    second = scored[1]
+    from local_eval.reporting.report import paired_bootstrap
+
+    low, high = paired_bootstrap(ceiling_scores, second.example_scores, seed=seed)
+    return {
+        "against": second.method,
+        "ceiling_ahead": float(np.mean(ceiling_scores) - second.score),
+        "ceiling_ahead_ci95": [low, high],
+        "resolvable": bool(low > 0.0),
+    }
 
 
 def lead_holds(ranked: Sequence[Row]) -> bool | None:
@@ -285,7 +318,7 @@ def format_markdown(ranked: Sequence[Row], meta: dict) -> str:
             f"score {refs['ceiling_score']:.3f}; "
             f"floor (no unlearning) F {refs['floor_f']:.3f}, score {refs['floor_score']:.3f}"
         )
-    lines += ["", *_table(ranked), "", _verdict(ranked)]
+    lines += ["", *_table(ranked), "", _verdict(ranked, meta.get("resolution"))]
     agreement = _agreement_line(ranked)
     if agreement is not None:
         lines.append(agreement)
@@ -339,7 +372,7 @@ def _ahead(gap: float, interval: tuple[float, float] | None) -> str:
     return f"{gap:+.3f} [{interval[0]:+.3f}, {interval[1]:+.3f}]"
 
 
-def _verdict(ranked: Sequence[Row]) -> str:
+def _verdict(ranked: Sequence[Row], resolved: dict | None = None) -> str:
     holds = lead_holds(ranked)
     failed = sum(r.failed for r in ranked)
     tail = f" {failed} method(s) failed." if failed else ""
@@ -353,7 +386,7 @@ def _verdict(ranked: Sequence[Row]) -> str:
         False: " Paired over the same forget examples, the lead's 95% interval includes 0: "
         "the two are not told apart on these examples.",
         None: "",
-    }[paired]
+    }[paired] + _resolution_text(resolved)
     if holds:
         return (
             f"`{first.method}` leads `{second.method}` beyond the 95% CIs "
@@ -363,6 +396,23 @@ def _verdict(ranked: Sequence[Row]) -> str:
         f"`{first.method}` ranks first, but its lead over `{second.method}` does not hold beyond "
         f"the separate 95% CIs: {overlapping} method(s) overlap the leader's interval."
         f"{paired_text}{tail}"
+    )
+
+
+def _resolution_text(resolved: dict | None) -> str:
+    if resolved is None:
+        return ""
+    low, high = resolved["ceiling_ahead_ci95"]
+    lead = (
+        f"the ceiling (a 2nd retrained set) leads `{resolved['against']}` by "
+        f"{resolved['ceiling_ahead']:+.3f} [{low:+.3f}, {high:+.3f}]"
+    )
+    if resolved["resolvable"]:
+        return f" Resolution: {lead}, so a lead over it can clear the paired interval here."
+    return (
+        f" Resolution: {lead}: even a perfect unlearner would not be told apart from it on "
+        "these forget examples, so no lead over it can clear the paired interval at this N "
+        "(more models or more forget examples would)."
     )
 
 
@@ -480,13 +530,14 @@ def evaluate_methods(
     progress: bool = True,
     log: Callable[[str], None] = lambda line: None,
 ) -> tuple[list[Row], dict]:
-    """One ``run_evaluation`` per method; returns the rows and the shared reference figures.
+    """One ``run_evaluation`` per method; returns the rows and the shared reference figures
+    (with the board's :func:`resolution`).
 
     A method's failure (``SubmissionError``, a run still going after ``run_timeout_s``, a
     report that cannot be built, a NaN score) becomes a failed row. Any other error (bad
     data, bad device) ends the board.
     """
-    rows, shared = [], {}
+    rows, shared, ceiling = [], {}, None
     for i, name in enumerate(names, start=1):
         start = time.perf_counter()
         method = with_time_limit(load_unlearning(method=name), run_timeout_s)
@@ -506,13 +557,17 @@ def evaluate_methods(
                 except Exception as exc:
                     row = failed(error=f"report: {one_line(exc)}")
                 else:
-                    shared = shared or _shared(result, report)
+                    if not shared:
+                        shared = _shared(result, report)
+                        ceiling = ceiling_example_scores(result.signals)
                 rows.append(row)
         notes = distinct_notes([one_line(w.message) for w in caught if _from_method(w)])
         rows[-1] = replace(rows[-1], notes=notes)
         row = rows[-1]
         what = f"failed: {row.error}" if row.failed else f"score {row.score:.3f}"
         log(f"[{i}/{len(names)}] {name}: {what} ({time.perf_counter() - start:.1f} s)")
+    if shared:
+        shared["resolution"] = resolution(rank(rows), ceiling)
     return rows, shared
 
 

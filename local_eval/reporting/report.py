@@ -39,7 +39,7 @@ from local_eval.scoring.sanity import loss_attack_accuracy
 from local_eval.training.signals import GROUPS, EvalSignals, GroupSignals, example_losses
 from local_eval.training.train import CUTOFF
 
-__all__ = ["build_report", "format_summary", "write_report"]
+__all__ = ["build_report", "ceiling_example_scores", "format_summary", "write_report"]
 
 N_BOOTSTRAP = 2000
 HARDEST_SHOWN = 6  # examples in the confidence plot
@@ -208,6 +208,16 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, *, seed: int = 0) -> tuple[fl
             f"forget examples); got shapes {a.shape} and {b.shape}"
         )
     return _bootstrap(a - b, seed)
+
+
+def ceiling_example_scores(signals: EvalSignals) -> np.ndarray:
+    """Each forget example's share of the ceiling's score: its F points (the 2nd retrained set
+    attacked against the references) times the ceiling's utility ratios; the mean is the
+    report's ``ceiling["score"]``. What a perfect unlearner's per-example scores look like on
+    these examples, for paired comparisons with a method's (the leaderboard's resolution)."""
+    conf = confidences(signals)
+    points = metric.example_details(conf["ceiling"], conf["retrained"]).points
+    return np.asarray(points, dtype=np.float64) * _score(1.0, signals.ceiling, signals.retrained)
 
 
 def _sanity(signals: EvalSignals) -> dict:

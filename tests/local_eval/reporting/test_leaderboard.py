@@ -20,6 +20,7 @@ from local_eval.reporting.leaderboard import (
     lead_holds_paired,
     leader_ahead,
     rank,
+    resolution,
     row_from_report,
     to_json,
     versus_leader,
@@ -175,6 +176,38 @@ def test_paired_interval_includes_zero_for_a_coin_flip():
     assert "the two are not told apart" in format_markdown(ranked, {})
 
 
+def test_resolution_says_when_not_even_the_ceiling_clears_the_runner_up():
+    # 30 examples whose points are the metric's buckets. The runner-up "b" sits 0.02 under
+    # the leader on average; the ceiling is 0.03 above "b" but with per-example noise as
+    # large as that gap, so its paired interval includes 0: the board cannot resolve a lead.
+    rng = np.random.default_rng(2)
+    b = rng.choice([0.0, 0.0625, 0.125, 0.25], size=30)
+    a = np.clip(b + rng.choice([0.0, 0.0625], size=30), 0, 0.5)
+    near = b + np.tile([0.125, -0.0625, 0.0], 10)  # +0.021 on average, sd 0.08
+    far = b + 0.1 + rng.normal(0.0, 0.005, size=30)
+    rows = [scored(n, v.mean(), 0.0, 0.5, example_scores=v) for n, v in (("a", a), ("b", b))]
+    ranked = rank(rows)
+    unresolved = resolution(ranked, near)
+    assert unresolved["against"] == "b"
+    assert unresolved["ceiling_ahead"] == pytest.approx(near.mean() - b.mean())
+    low, high = unresolved["ceiling_ahead_ci95"]
+    assert low < 0.0 < high and unresolved["resolvable"] is False
+    text = format_markdown(ranked, {"resolution": unresolved})
+    assert "even a perfect unlearner would not be told apart from it" in text
+    assert f"leads `b` by {near.mean() - b.mean():+.3f} [{low:+.3f}, {high:+.3f}]" in text
+    resolved = resolution(ranked, far)
+    low, high = resolved["ceiling_ahead_ci95"]
+    assert 0.09 < low < 0.1 < high < 0.11 and resolved["resolvable"] is True
+    assert "a lead over it can clear the paired interval here" in format_markdown(
+        ranked, {"resolution": resolved}
+    )
+    # nothing to judge: one scored row, no ceiling, or no per-example scores
+    assert resolution(ranked[:1], near) is None
+    assert resolution(ranked, None) is None
+    assert resolution(rank([scored("a", 0.3, 0, 1), scored("b", 0.2, 0, 1)]), near) is None
+    assert "Resolution" not in format_markdown(ranked, {})
+
+
 def test_markdown_lists_method_notes():
     ranked = [scored("a", 0.3, 0.2, 0.4, notes=("fisher on 8 samples",))]
     assert "- `a`: fisher on 8 samples" in format_markdown(ranked, {})
@@ -273,6 +306,15 @@ def test_board_lists_every_registered_method_and_failures(tmp_path, monkeypatch,
     assert markdown.count("**failed**") == 3
     assert board["n_models"] == 3 and board["budget_s"] == 0.3
     assert board["references"]["retraining_s"] > 0
+    resolved = board["resolution"]  # the ceiling against the runner-up, on the same examples
+    assert resolved["against"] == scored_rows[1]["method"]
+    assert resolved["ceiling_ahead"] == pytest.approx(
+        board["references"]["ceiling_score"] - scored_rows[1]["score"]
+    )
+    low, high = resolved["ceiling_ahead_ci95"]
+    assert low <= resolved["ceiling_ahead"] <= high
+    assert resolved["resolvable"] is (low > 0)
+    assert "Resolution: the ceiling (a 2nd retrained set) leads" in markdown
 
 
 def test_agreement_with_the_private_leaderboard_on_fixed_rows():

@@ -4,7 +4,13 @@ import json
 import numpy as np
 import pytest
 
-from local_eval.reporting.report import build_report, confidences, format_summary, write_report
+from local_eval.reporting.report import (
+    build_report,
+    ceiling_example_scores,
+    confidences,
+    format_summary,
+    write_report,
+)
 from local_eval.scoring import metric
 from local_eval.training.signals import GROUPS, EvalSignals, GroupSignals
 
@@ -72,6 +78,20 @@ def test_figures_follow_the_metric(signals, built):
     assert set(report["sanity_check"]) == {"what", "unlearned", "retrained", "floor"}
     assert "NOT the competition metric" in report["sanity_check"]["what"]
     assert details.epsilon.shape == (E,)
+
+
+def test_ceiling_example_scores_are_the_ceilings_points_times_its_utility(signals, built):
+    report, _ = built
+    conf = confidences(signals)
+    points = metric.example_details(conf["ceiling"], conf["retrained"]).points
+    ceiling, ref = signals.ceiling, signals.retrained
+    utility = (ceiling.retain_accuracy.mean() / ref.retain_accuracy.mean()) * (
+        ceiling.test_accuracy.mean() / ref.test_accuracy.mean()
+    )
+    scores = ceiling_example_scores(signals)
+    assert scores.shape == (E,)
+    assert scores == pytest.approx(points * utility)
+    assert scores.mean() == pytest.approx(report["ceiling"]["score"])
 
 
 def test_written_files(tmp_path, signals, built):
