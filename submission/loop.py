@@ -227,6 +227,7 @@ class TrainLoop:
         self.fraction = 1.0  # share of each phase that runs
         self.steps = 0
         self.step_seconds = 0.0  # summed seconds per step, data included
+        self.fastest_step_s = math.inf  # the quickest step so far, data included
         self.started = 0  # planned steps of the phases started so far
         self.stopped = False  # True once the deadline cut a phase short
         if self._timings is not None:
@@ -302,6 +303,7 @@ class TrainLoop:
             done += 1
             self.steps += 1
             self.step_seconds += t2 - t0
+            self.fastest_step_s = min(self.fastest_step_s, t2 - t0)
             if self._timings is not None:
                 self._timings.data_s += t1 - t0
                 self._timings.step_s += t2 - t1

@@ -36,6 +36,13 @@ def parser() -> argparse.ArgumentParser:
         submission=False,
     )
     p.add_argument("--methods", default="all", help="all (default) or a comma list of names")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="evaluate every method this many times on the same references, board after "
+        "board, and rank by the mean (default 1); see docs/leaderboard.md",
+    )
     return p
 
 
@@ -50,6 +57,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise ValueError("the leaderboard trains the references once for every method, in the "
                          "model cache: drop --no-cache")  # fmt: skip
     names = choose_methods(args.methods)
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be 1 or more, got {args.repeats}")
     given = eval_config(args)
     out = args.out or _default_out(given.dataset)
     if out.exists() and not out.is_dir():
@@ -69,6 +78,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         cache=cache,
         default=submission.DEFAULT_METHOD,
         run_timeout_s=run_timeout(args),
+        repeats=args.repeats,
         progress=not args.quiet,
         log=log,
     )
@@ -81,6 +91,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "kit_commit": versions()["kit_commit"],
         "n_models": config.n_models,
+        "repeats": args.repeats,
         "budget_s": config.budget_s,
         "methods": names,
         "default_method": submission.DEFAULT_METHOD,

@@ -26,6 +26,14 @@ set, what a perfect unlearner matches) against the runner-up. When it includes 0
 perfect unlearner would not be told apart from the runner-up on these forget examples, so no
 leader can clear the paired interval over it at this N: the verdict says so, rather than
 leaving "not told apart" to read as a tie between the two methods.
+
+Repeats (``--repeats R``): the budget is wall-clock time, so the steps a method fits, and its
+score, differ between two evaluations of the same method on the same references and run
+seeds. With R > 1 every method is evaluated R times, board after board (a slow stretch of the
+machine then falls on every method of one repeat, not on every repeat of one method); a row
+holds the means over its repeats (:func:`combine_repeats`), its intervals are over the forget
+examples of the per-example means, and the board says who led each repeat and in how many the
+leader's paired lead held (:func:`repeat_summary`).
 """
 
 from __future__ import annotations
@@ -45,7 +53,13 @@ from pathlib import Path
 import numpy as np
 
 from local_eval.common.errors import RunTimeout
-from local_eval.reporting.report import build_report, ceiling_example_scores, jsonable
+from local_eval.reporting.report import (
+    bootstrap_interval,
+    build_report,
+    ceiling_example_scores,
+    jsonable,
+    paired_bootstrap,
+)
 from local_eval.runs.loading import load_unlearning, with_time_limit
 from local_eval.runs.pipeline import SubmissionError, run_evaluation
 
@@ -53,6 +67,7 @@ __all__ = [
     "PRIVATE_LEADERBOARD",
     "Row",
     "choose_methods",
+    "combine_repeats",
     "competition_agreement",
     "evaluate_methods",
     "format_markdown",
@@ -61,6 +76,7 @@ __all__ = [
     "leader_ahead",
     "machine",
     "rank",
+    "repeat_summary",
     "resolution",
     "versus_leader",
     "write_board",
@@ -101,6 +117,7 @@ class Row:
     # Each forget example's share of the score (its F points times the utility ratios; their
     # mean is ``score``), for the paired intervals; not written to the JSON.
     example_scores: np.ndarray | None = field(default=None, repr=False, compare=False)
+    repeat_scores: tuple[float, ...] = ()  # each repeat's score, with --repeats R > 1
 
     @property
     def failed(self) -> bool:
@@ -149,8 +166,6 @@ def leader_ahead(ranked: Sequence[Row], *, seed: int = 0) -> list[tuple[float, f
     leader = scored[0] if scored else None
     if leader is None or leader.example_scores is None:
         return [None] * len(ranked)
-    from local_eval.reporting.report import paired_bootstrap
-
     return [
         None
         if row is leader or row.failed or row.example_scores is None
@@ -184,8 +199,6 @@ def resolution(
     if len(scored) < 2 or ceiling_scores is None or scored[1].example_scores is None:
         return None
     second = scored[1]
-    from local_eval.reporting.report import paired_bootstrap
-
     low, high = paired_bootstrap(ceiling_scores, second.example_scores, seed=seed)
     return {
         "against": second.method,
@@ -201,6 +214,69 @@ def lead_holds(ranked: Sequence[Row]) -> bool | None:
     if len(scored) < 2:
         return None
     return bool(scored[0].score_ci95[0] > scored[1].score_ci95[1])
+
+
+def combine_repeats(rows: Sequence[Row]) -> Row:
+    """One method's row from its ``R`` repeats (the same method, references and forget
+    examples): the means of their figures, the intervals over the forget examples of the
+    per-example means, the runs over budget summed, every repeat's score kept. A repeat that
+    failed fails the row (a method that fails one time in R is not ranked on the others)."""
+    if not rows:
+        raise ValueError("combine_repeats needs at least one row")
+    if len({r.method for r in rows}) != 1:
+        names = [r.method for r in rows]
+        raise ValueError(f"combine_repeats takes one method's repeats, got rows of {names}")
+    if len(rows) == 1:
+        return rows[0]
+    first = rows[0]
+    kinds: dict[str, str] = {}  # each kind of note once, as the first repeat that had it said it
+    for note in (n for r in rows for n in r.notes):
+        kinds.setdefault(_NUMBER.sub("#", note), note)
+    notes = tuple(kinds.values())
+    failed = next((i for i, r in enumerate(rows) if r.failed), None)
+    if failed is not None:
+        error = f"repeat {failed + 1} of {len(rows)}: {rows[failed].error}"
+        return Row(first.method, default=first.default, error=error, notes=notes)
+
+    def mean(name: str) -> float | None:
+        values = [getattr(r, name) for r in rows]
+        return None if any(v is None for v in values) else float(np.mean(values))
+
+    scores = tuple(r.score for r in rows)
+    examples = None
+    interval = (min(r.score_ci95[0] for r in rows), max(r.score_ci95[1] for r in rows))
+    if all(r.example_scores is not None for r in rows):
+        examples = np.mean([r.example_scores for r in rows], axis=0)
+        interval = bootstrap_interval(examples)
+    over = [r.runs_over_budget for r in rows]
+    return Row(
+        first.method,
+        score=float(np.mean(scores)),
+        score_ci95=interval,
+        forget_quality=mean("forget_quality"),
+        fraction_of_ceiling=mean("fraction_of_ceiling"),
+        retain_ratio=mean("retain_ratio"),
+        test_ratio=mean("test_ratio"),
+        seconds_per_run=mean("seconds_per_run"),
+        ratio_to_retraining=mean("ratio_to_retraining"),
+        runs_over_budget=None if None in over else int(sum(over)),
+        default=first.default,
+        notes=notes,
+        example_scores=examples,
+        repeat_scores=scores,
+    )
+
+
+def repeat_summary(boards: Sequence[Sequence[Row]]) -> dict:
+    """Who led each repeat's board (its rows ranked alone) and whether the leader's paired
+    lead over the runner-up held there."""
+    ranked = [rank(rows) for rows in boards]
+    leaders = [next((r.method for r in b if not r.failed), None) for b in ranked]
+    return {
+        "repeats": len(boards),
+        "leaders": leaders,
+        "lead_holds_paired": [lead_holds_paired(b) for b in ranked],
+    }
 
 
 def row_from_report(
@@ -319,6 +395,8 @@ def format_markdown(ranked: Sequence[Row], meta: dict) -> str:
             f"floor (no unlearning) F {refs['floor_f']:.3f}, score {refs['floor_score']:.3f}"
         )
     lines += ["", *_table(ranked), "", _verdict(ranked, meta.get("resolution"))]
+    if meta.get("repeat_summary"):
+        lines.append(_repeats_line(meta["repeat_summary"]))
     agreement = _agreement_line(ranked)
     if agreement is not None:
         lines.append(agreement)
@@ -335,8 +413,11 @@ def format_markdown(ranked: Sequence[Row], meta: dict) -> str:
 
 
 def _table(ranked: Sequence[Row]) -> list[str]:
+    repeated = any(r.repeat_scores for r in ranked)
     head = (
-        "| # | method | score [95% CI] | F | F / ceiling | retain ratio | test ratio "
+        "| # | method | score [95% CI] | "
+        + ("per repeat | " if repeated else "")
+        + "F | F / ceiling | retain ratio | test ratio "
         "| s / run | x retraining | vs leader | leader ahead by [paired 95% CI] |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -345,16 +426,16 @@ def _table(ranked: Sequence[Row]) -> list[str]:
     for row, versus, ahead in zip(ranked, column, leader_ahead(ranked), strict=True):
         name = f"`{row.method}`" + (" (default)" if row.default else "")
         if row.failed:
-            lines.append(
-                f"| - | {name} | **failed**: {_escape(row.error)} |  |  |  |  |  |  |  |  |"
-            )
+            empty = " |" * (head.count("|") - 4)
+            lines.append(f"| - | {name} | **failed**: {_escape(row.error)} |{empty}")
             continue
         place += 1
         low, high = row.score_ci95
         over = f" ({row.runs_over_budget} over budget)" if row.runs_over_budget else ""
         lines.append(
             f"| {place} | {name} | {row.score:.3f} [{low:.3f}, {high:.3f}] "
-            f"| {row.forget_quality:.3f} | {_pct(row.fraction_of_ceiling)} "
+            + (f"| {' / '.join(f'{x:.3f}' for x in row.repeat_scores)} " if repeated else "")
+            + f"| {row.forget_quality:.3f} | {_pct(row.fraction_of_ceiling)} "
             f"| {row.retain_ratio:.3f} | {row.test_ratio:.3f} "
             f"| {row.seconds_per_run:.2f}{over} | {_two(row.ratio_to_retraining)} | {versus} "
             f"| {_ahead(ranked[0].score - row.score, ahead) if place > 1 else ''} |"
@@ -396,6 +477,19 @@ def _verdict(ranked: Sequence[Row], resolved: dict | None = None) -> str:
         f"`{first.method}` ranks first, but its lead over `{second.method}` does not hold beyond "
         f"the separate 95% CIs: {overlapping} method(s) overlap the leader's interval."
         f"{paired_text}{tail}"
+    )
+
+
+def _repeats_line(summary: dict) -> str:
+    n, leaders, held = summary["repeats"], summary["leaders"], summary["lead_holds_paired"]
+    counts = {m: leaders.count(m) for m in dict.fromkeys(m for m in leaders if m is not None)}
+    firsts = ", ".join(f"`{m}` {c}" for m, c in counts.items())
+    return (
+        f"Repeats: {n} evaluations of every method on the same references and run seeds (the "
+        "budget is wall-clock time, so the steps that fit differ between them); the rows are "
+        "their means, the intervals over the forget examples of the per-example means. "
+        f"First in a repeat's own ranking: {firsts} (of {n}); the leader's paired lead over "
+        f"its runner-up held in {sum(h is True for h in held)} of {n}."
     )
 
 
@@ -527,17 +621,42 @@ def evaluate_methods(
     cache,
     default: str | None = None,
     run_timeout_s: float | None = None,
+    repeats: int = 1,
     progress: bool = True,
     log: Callable[[str], None] = lambda line: None,
 ) -> tuple[list[Row], dict]:
-    """One ``run_evaluation`` per method; returns the rows and the shared reference figures
-    (with the board's :func:`resolution`).
+    """``repeats`` ``run_evaluation`` per method, board after board; returns one row per method
+    (:func:`combine_repeats`) and the shared reference figures (with the board's
+    :func:`resolution`, and with ``repeats`` > 1 the :func:`repeat_summary`).
 
     A method's failure (``SubmissionError``, a run still going after ``run_timeout_s``, a
     report that cannot be built, a NaN score) becomes a failed row. Any other error (bad
     data, bad device) ends the board.
     """
-    rows, shared, ceiling = [], {}, None
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+    boards, shared, ceiling = [], {}, None
+    for repeat in range(1, repeats + 1):
+        prefix = f"repeat {repeat}/{repeats}: " if repeats > 1 else ""
+        rows, found = _one_board(
+            config, names, cache=cache, default=default, run_timeout_s=run_timeout_s,
+            progress=progress, prefix=prefix, log=log,
+        )  # fmt: skip
+        boards.append(rows)
+        if not shared and found is not None:
+            shared, ceiling = found
+    rows = [combine_repeats(list(per_method)) for per_method in zip(*boards, strict=True)]
+    if shared:
+        shared["resolution"] = resolution(rank(rows), ceiling)
+        if repeats > 1:
+            shared["repeat_summary"] = repeat_summary(boards)
+    return rows, shared
+
+
+def _one_board(config, names, *, cache, default, run_timeout_s, progress, prefix, log):
+    """Every method once: its rows, and (shared figures, ceiling scores) from the first
+    method that scored (``None`` if none did)."""
+    rows, found = [], None
     for i, name in enumerate(names, start=1):
         start = time.perf_counter()
         method = with_time_limit(load_unlearning(method=name), run_timeout_s)
@@ -557,18 +676,15 @@ def evaluate_methods(
                 except Exception as exc:
                     row = failed(error=f"report: {one_line(exc)}")
                 else:
-                    if not shared:
-                        shared = _shared(result, report)
-                        ceiling = ceiling_example_scores(result.signals)
+                    if found is None:
+                        found = (_shared(result, report), ceiling_example_scores(result.signals))
                 rows.append(row)
         notes = distinct_notes([one_line(w.message) for w in caught if _from_method(w)])
         rows[-1] = replace(rows[-1], notes=notes)
         row = rows[-1]
         what = f"failed: {row.error}" if row.failed else f"score {row.score:.3f}"
-        log(f"[{i}/{len(names)}] {name}: {what} ({time.perf_counter() - start:.1f} s)")
-    if shared:
-        shared["resolution"] = resolution(rank(rows), ceiling)
-    return rows, shared
+        log(f"{prefix}[{i}/{len(names)}] {name}: {what} ({time.perf_counter() - start:.1f} s)")
+    return rows, found
 
 
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")

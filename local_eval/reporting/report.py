@@ -39,7 +39,14 @@ from local_eval.scoring.sanity import loss_attack_accuracy
 from local_eval.training.signals import GROUPS, EvalSignals, GroupSignals, example_losses
 from local_eval.training.train import CUTOFF
 
-__all__ = ["build_report", "ceiling_example_scores", "format_summary", "write_report"]
+__all__ = [
+    "bootstrap_interval",
+    "build_report",
+    "ceiling_example_scores",
+    "format_summary",
+    "paired_bootstrap",
+    "write_report",
+]
 
 N_BOOTSTRAP = 2000
 HARDEST_SHOWN = 6  # examples in the confidence plot
@@ -73,7 +80,7 @@ def build_report(
     scores = {
         g: _score(f, getattr(signals, g), ref) for g, f in (("unlearned", quality), *bounds.items())
     }
-    low, high = _bootstrap(details.points, seed)
+    low, high = bootstrap_interval(details.points, seed=seed)
     run_s = signals.unlearned.seconds
     report = {
         "score": scores["unlearned"],
@@ -184,8 +191,9 @@ def _accuracies(group: GroupSignals) -> dict:
     }
 
 
-def _bootstrap(points: np.ndarray, seed: int) -> tuple[float, float]:
-    """95% percentile interval of F when the forget examples are resampled."""
+def bootstrap_interval(points: np.ndarray, *, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the mean of per-example values (F from its points, a score
+    from its per-example shares) when the forget examples are resampled."""
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(points), size=(N_BOOTSTRAP, len(points)))
     means = points[draws].mean(axis=1)
@@ -207,7 +215,7 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, *, seed: int = 0) -> tuple[fl
             f"paired_bootstrap needs two equal-length 1-D arrays of per-example values (the same "
             f"forget examples); got shapes {a.shape} and {b.shape}"
         )
-    return _bootstrap(a - b, seed)
+    return bootstrap_interval(a - b, seed=seed)
 
 
 def ceiling_example_scores(signals: EvalSignals) -> np.ndarray:

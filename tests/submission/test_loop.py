@@ -185,6 +185,7 @@ def test_loop_is_calibrated_once_the_probe_steps_are_timed():
     assert all(c for c, _ in seen[3:]) and len(seen) < 20
     assert seen[2][1] == 1.0  # nothing measured yet
     assert seen[3][1] < 0.2  # 1000 steps of 10 ms do not fit in 1 s
+    assert 0.01 <= loop.fastest_step_s <= loop.seconds_per_step  # the quickest timed step
     # without a budget there is nothing to measure: calibrated from the first step
     assert TrainLoop(Deadline(None), planned_steps=10).calibrated
 

@@ -13,6 +13,7 @@ import submission
 from local_eval.cli.main import main
 from local_eval.reporting.leaderboard import (
     Row,
+    combine_repeats,
     competition_agreement,
     distinct_notes,
     format_markdown,
@@ -20,6 +21,7 @@ from local_eval.reporting.leaderboard import (
     lead_holds_paired,
     leader_ahead,
     rank,
+    repeat_summary,
     resolution,
     row_from_report,
     to_json,
@@ -208,6 +210,52 @@ def test_resolution_says_when_not_even_the_ceiling_clears_the_runner_up():
     assert "Resolution" not in format_markdown(ranked, {})
 
 
+def test_repeats_combine_into_means_over_the_per_example_means():
+    # one method evaluated three times on the same 4 forget examples
+    per_example = [np.array([0.1, 0.2, 0.0, 0.3]), np.array([0.2, 0.2, 0.1, 0.1]), np.zeros(4)]
+    rows = [
+        scored(
+            "m", e.mean(), 0.0, 0.5, example_scores=e, retain_ratio=ra, runs_over_budget=k,
+            notes=(f"only {k} of 9 steps fit",),
+        )
+        for e, ra, k in zip(per_example, (0.9, 1.0, 0.95), (0, 2, 1), strict=True)
+    ]  # fmt: skip
+    row = combine_repeats(rows)
+    assert row.repeat_scores == pytest.approx((0.15, 0.15, 0.0))
+    assert row.score == pytest.approx(0.1)
+    assert row.example_scores == pytest.approx([0.1, 0.4 / 3, 1 / 30, 0.4 / 3])
+    assert row.example_scores.mean() == pytest.approx(row.score)
+    low, high = row.score_ci95
+    assert 1 / 30 <= low < row.score < high <= 0.4 / 3  # over the 4 per-example means
+    assert row.retain_ratio == pytest.approx(0.95) and row.runs_over_budget == 3
+    assert row.notes == ("only 0 of 9 steps fit",)  # one note per kind, the first one's text
+    assert combine_repeats(rows[:1]) is rows[0]
+    # a repeat that failed fails the method
+    broken = combine_repeats([rows[0], Row("m", error="boom"), rows[2]])
+    assert broken.failed and broken.error == "repeat 2 of 3: boom"
+    with pytest.raises(ValueError, match="one method's repeats"):
+        combine_repeats([rows[0], scored("other", 0.1, 0.0, 0.2)])
+
+
+def test_repeat_summary_and_the_markdown_of_a_repeated_board():
+    a, b = np.array([0.3, 0.3, 0.2, 0.3]), np.array([0.1, 0.1, 0.0, 0.1])
+    def board(x, y):
+        return [scored(n, v.mean(), 0, 1, example_scores=v) for n, v in (("x", x), ("y", y))]
+
+    first, second = board(a, b), board(b, b + 0.001)  # y leads the 2nd by 0.001 on every example
+    summary = repeat_summary([first, second])
+    assert summary == {"repeats": 2, "leaders": ["x", "y"], "lead_holds_paired": [True, True]}
+    rows = [combine_repeats(list(pair)) for pair in zip(first, second, strict=True)]
+    text = format_markdown(rank(rows), {"repeat_summary": summary})
+    assert "| score [95% CI] | per repeat | F |" in text
+    assert f"| {a.mean():.3f} / {b.mean():.3f} |" in text
+    assert "First in a repeat's own ranking: `x` 1, `y` 1 (of 2)" in text
+    assert "held in 2 of 2" in text
+    json.dumps(to_json(rank(rows), {"repeat_summary": summary}))
+    # one evaluation: no repeats column
+    assert "per repeat" not in format_markdown(rank(first), {})
+
+
 def test_markdown_lists_method_notes():
     ranked = [scored("a", 0.3, 0.2, 0.4, notes=("fisher on 8 samples",))]
     assert "- `a`: fisher on 8 samples" in format_markdown(ranked, {})
@@ -315,6 +363,32 @@ def test_board_lists_every_registered_method_and_failures(tmp_path, monkeypatch,
     assert low <= resolved["ceiling_ahead"] <= high
     assert resolved["resolvable"] is (low > 0)
     assert "Resolution: the ceiling (a 2nd retrained set) leads" in markdown
+
+
+@pytest.mark.slow
+def test_a_repeated_board_ranks_by_the_mean_of_its_repeats(tmp_path, capsys):
+    out = tmp_path / "board"
+    argv = ["leaderboard", "--methods", "finetune,relearn", "--repeats", "2", "--n-models", "3",
+            "--budget-s", "0.3", "--epochs", "2", "--workers", "1", "--quiet",
+            "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().out
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert board["repeats"] == 2
+    summary = board["repeat_summary"]
+    assert summary["repeats"] == 2 and len(summary["leaders"]) == 2
+    assert set(summary["leaders"]) <= {"finetune", "relearn"}
+    for row in board["rows"]:
+        assert len(row["repeat_scores"]) == 2
+        assert row["score"] == pytest.approx(np.mean(row["repeat_scores"]))
+    assert board["rows"][0]["score"] >= board["rows"][1]["score"]
+    markdown = (out / "leaderboard.md").read_text()
+    assert "per repeat" in markdown and "Repeats: 2 evaluations" in markdown
+
+
+def test_the_board_refuses_fewer_than_one_repeat(tmp_path, capsys):
+    assert main(["leaderboard", "--repeats", "0", "--out", str(tmp_path / "none")]) == 2
+    assert "--repeats must be 1 or more, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
 
 
 def test_agreement_with_the_private_leaderboard_on_fixed_rows():
