@@ -218,8 +218,9 @@ def lead_holds(ranked: Sequence[Row]) -> bool | None:
 
 def combine_repeats(rows: Sequence[Row]) -> Row:
     """One method's row from its ``R`` repeats (the same method, references and forget
-    examples): the means of their figures, the intervals over the forget examples of the
-    per-example means, the runs over budget summed, every repeat's score kept. A repeat that
+    examples): the means of their figures, the interval over the forget examples of the
+    per-example means (rows without per-example scores: the envelope of the repeats'
+    intervals), the runs over budget summed, every repeat's score kept. A repeat that
     failed fails the row (a method that fails one time in R is not ranked on the others)."""
     if not rows:
         raise ValueError("combine_repeats needs at least one row")

@@ -230,6 +230,9 @@ def test_repeats_combine_into_means_over_the_per_example_means():
     assert row.retain_ratio == pytest.approx(0.95) and row.runs_over_budget == 3
     assert row.notes == ("only 0 of 9 steps fit",)  # one note per kind, the first one's text
     assert combine_repeats(rows[:1]) is rows[0]
+    # without per-example scores: the envelope of the repeats' intervals
+    bare = combine_repeats([scored("m", 0.2, 0.1, 0.3), scored("m", 0.1, 0.05, 0.2)])
+    assert bare.score_ci95 == (0.05, 0.3) and bare.example_scores is None
     # a repeat that failed fails the method
     broken = combine_repeats([rows[0], Row("m", error="boom"), rows[2]])
     assert broken.failed and broken.error == "repeat 2 of 3: boom"
