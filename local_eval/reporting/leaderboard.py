@@ -232,7 +232,7 @@ def combine_repeats(rows: Sequence[Row]) -> Row:
     first = rows[0]
     kinds: dict[str, str] = {}  # each kind of note once, as the first repeat that had it said it
     for note in (n for r in rows for n in r.notes):
-        kinds.setdefault(_NUMBER.sub("#", note), note)
+        kinds.setdefault(_note_kind(note), note)
     notes = tuple(kinds.values())
     failed = next((i for i, r in enumerate(rows) if r.failed), None)
     if failed is not None:
@@ -691,12 +691,18 @@ def _one_board(config, names, *, cache, default, run_timeout_s, progress, prefix
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 
 
+def _note_kind(message: str) -> str:
+    """A message with its numbers blanked: messages of one kind differ only in their numbers
+    (steps that fit, layers projected: one per run)."""
+    return _NUMBER.sub("#", message)
+
+
 def distinct_notes(messages: Sequence[str]) -> tuple[str, ...]:
     """One line per kind of message: messages that differ only in their numbers (steps that
     fit, layers projected: one per run) are one kind, shown by its first message and a count."""
     kinds: dict[str, list[str]] = {}
     for message in messages:
-        kinds.setdefault(_NUMBER.sub("#", message), []).append(message)
+        kinds.setdefault(_note_kind(message), []).append(message)
     return tuple(
         group[0]
         if len(set(group)) == 1
