@@ -6,8 +6,9 @@ confidences of N unlearned runs with those of N models retrained from scratch wi
 set. The closest thing to a retraining that fits in a fifth of one is a retraining from a fresh
 start, compressed, if the budget can relearn the task at all. So the method starts as
 ``shrink_perturb`` does, with a few timed retain steps at the warm-up rate (where they barely
-move the model), adds the time of one teacher forward (:func:`reset_epochs_that_fit`), reads
-how many epochs of reset-regime relearning the budget affords, and then runs one of two
+move the model), adds the time of a teacher forward to the fastest of them
+(:func:`reset_epochs_that_fit`), reads how many epochs of reset-regime relearning the budget
+affords, and then runs one of two
 regimes:
 
 - **reset** (at least ``reset_from_epochs`` epochs fit; in the competition-shaped setting 20% of
@@ -25,7 +26,7 @@ regimes:
   redrawn that far cannot relearn its task in so few steps, so the run continues as
   ``shrink_perturb`` with its defaults (its weights kept, a fresh draw mixed in sized by the
   epochs that fit, fine-tuned on retain; ``perturb`` and ``perturb_lr`` are its ``perturb`` and
-  ``lr``): the timing steps were its own, so the regime choice costs it one teacher forward.
+  ``lr``): the timing steps were its own, so the regime choice costs it two teacher forwards.
 
 ``regime`` forces one ("reset" or "perturb"); the default ``"auto"`` chooses. With
 ``budget_s=None`` all ``epochs`` (6) of the reset regime run, more than 20% of a short recipe's
