@@ -4,16 +4,14 @@ perturb gently; either way relearn on the retain set alone.
 Why (the kit's own method, 2026): the competition's attack compares, per forget example, the
 confidences of N unlearned runs with those of N models retrained from scratch without the forget
 set. The closest thing to a retraining that fits in a fifth of one is a retraining from a fresh
-start, compressed, if the budget can relearn the task at all. So the method starts as
-``shrink_perturb`` does, with a few timed retain steps at the warm-up rate (where they barely
-move the model), adds the time of a teacher forward to the fastest of them
-(:func:`reset_epochs_that_fit`), reads how many epochs of reset-regime relearning the budget
-affords, and then runs one of two
-regimes:
+start, compressed, if the budget can relearn the task at all. So the method first estimates how
+many epochs of reset-regime relearning the budget affords (:func:`estimated_reset_epochs`: two
+timed forwards of the network, a reset step counted as ``RESET_STEP_FORWARDS`` of them), and
+runs one of two regimes:
 
 - **reset** (at least ``reset_from_epochs`` epochs fit; in the competition-shaped setting 20% of
-  one retraining affords about 3 epochs of its steps, which also run the teacher): keep only the
-  largest ``keep`` share of all conv and linear weights and biases by one global magnitude
+  one retraining affords about 2-3 epochs of its steps, which also run the teacher): keep only
+  the largest ``keep`` share of all conv and linear weights and biases by one global magnitude
   threshold, redraw the other weights from their layers' uniform fan-in initialisation (the
   damage of ``prune_reinit``; BatchNorm layers keep their parameters and statistics), then
   relearn for ``epochs`` planned epochs (scaled to the budget) with Adam at ``lr`` on a
@@ -23,14 +21,23 @@ regimes:
   seen and no retain example reinforces them, so what the network says about them is what it
   generalises, as for a retrained model; each run's redraw gives it its own seed-like spread.
 - **perturb** (fewer fit: on digits with the small CNN's 10-epoch recipe, about 1): a network
-  redrawn that far cannot relearn its task in so few steps, so the run continues as
-  ``shrink_perturb`` with its defaults (its weights kept, a fresh draw mixed in sized by the
-  epochs that fit, fine-tuned on retain; ``perturb`` and ``perturb_lr`` are its ``perturb`` and
-  ``lr``): the timing steps were its own, so the regime choice costs it two teacher forwards.
+  redrawn that far cannot relearn its task in so few steps, so the run is ``shrink_perturb``
+  with its defaults (its weights kept, a fresh draw mixed in sized by the epochs that fit,
+  fine-tuned on retain; ``perturb`` and ``perturb_lr`` are its ``perturb`` and ``lr``).
 
-``regime`` forces one ("reset" or "perturb"); the default ``"auto"`` chooses. With
-``budget_s=None`` all ``epochs`` (6) of the reset regime run, more than 20% of a short recipe's
-retraining: pass the budget.
+The estimate costs two forwards and no step, so neither regime spends its budget on the choice.
+It errs towards "reset fits" (the optimizer's update is not counted; the training steps
+measured cost more than three forwards: docs/leaderboard.md), and the reset regime checks it
+on its own first timed steps (:func:`measured_reset_epochs`, the fastest of the loop's probe
+steps): if they show fewer than ``reset_from_epochs`` epochs fit, the original (kept as the
+teacher) is restored and the run continues as ``shrink_perturb`` in the time left. A wrong
+estimate thus costs a few steps, and only in the direction it errs. A machine where a training
+step costs under three forwards would keep runs in the perturb regime that could reset; none
+was measured.
+
+``regime`` forces one ("reset" or "perturb"; a forced reset is not checked); the default
+``"auto"`` chooses. With ``budget_s=None`` all ``epochs`` (6) of the reset regime run, more than
+20% of a short recipe's retraining: pass the budget.
 
 Recipe (the kit's own, 2026, combining the 5th-ranked NeurIPS 2023 competition team's damage,
 Hinton, Vinyals and Dean's distillation ("Distilling the Knowledge in a Neural Network", 2015)
@@ -44,14 +51,14 @@ together. ``distill_weight`` 0.25 scored best of 0, 0.25, 0.5 and 1 there (why a
 teacher helps and more hurts was not established). ``perturb_lr`` and the perturbation rule are
 ``shrink_perturb``'s (chosen on digits with random forgetting). ``reset_from_epochs`` 1.5 lies
 between the two settings it was chosen for (20% of one retraining fits about 1 epoch of the
-random board's reset steps, about 3 of the competition-shaped setting's), nearer the first:
-each run measures the epochs that fit, and a slow stretch of the machine only lowers them, so
-a threshold midway (2) sent some runs of the competition-shaped setting into the perturb
-regime, a different method for those runs only (the measured spread: docs/leaderboard.md). No
-score was compared to choose it; nothing was measured on settings between the two, where this
-rule is least supported. Neither regime
-was tried on 32x32 images or the full ResNet-18: check with ``python -m local_eval`` there.
-Scores, and the variants tried on the design seed that did worse: docs/leaderboard.md.
+random board's reset steps, 2-3 of the competition-shaped setting's), nearer the first: each
+run measures the epochs that fit, and a slow stretch of the machine only lowers them, so a
+threshold midway (2) sent some runs of the competition-shaped setting into the perturb regime,
+a different method for those runs only (the measured spread: docs/leaderboard.md). No score
+was compared to choose it; nothing was measured on settings between the two, where this rule
+is least supported. Neither regime was tried on 32x32 images or the full ResNet-18: check with
+``python -m local_eval`` there. Scores, and the variants tried on the design seed that did
+worse: docs/leaderboard.md.
 """
 
 import inspect
@@ -71,6 +78,11 @@ from .shrink_perturb import perturb_then_relearn, shrink_perturb
 
 REGIMES = ("auto", "reset", "perturb")
 
+# A reset step, in forwards of the network: its own forward and backward (about twice the
+# forward's arithmetic) and the teacher's forward; the optimizer's update not counted, so the
+# estimate errs towards "it fits", which the reset loop's own timed steps then check.
+RESET_STEP_FORWARDS = 4.0
+
 
 SHRINK_PERTURB_DEFAULTS = {
     name: p.default
@@ -85,28 +97,53 @@ def choose_regime(epochs_that_fit: float, *, reset_from_epochs: float) -> str:
     return "reset" if epochs_that_fit >= reset_from_epochs else "perturb"
 
 
-def reset_epochs_that_fit(loop: TrainLoop, teacher, batch, n_retain: int) -> float:
-    """Epochs of reset-regime steps that the budget left affords: the fastest of ``loop``'s
-    timed steps plus the faster of two timed teacher forwards on ``batch`` (a reset step also
-    runs the teacher).
-
-    The fastest, not the mean: the choice is about how fast this machine runs the setting's
-    steps, and the mean of three timing steps carries one-off costs (Adam's first step, a
-    loader's start-up) and momentary slowdowns, which sent single runs into the other regime.
-    The relearning itself is then scaled to the time that is really left."""
-    if loop.deadline.budget_s is None:
+def estimated_reset_epochs(
+    net, batch, deadline: Deadline, n_retain: int, *, margin: float = 0.85
+) -> float:
+    """Epochs of reset-regime steps that ``deadline`` affords, estimated before any step: the
+    faster of two timed eval-mode forwards of ``net`` on ``batch``, times
+    :data:`RESET_STEP_FORWARDS`. ``margin`` is the training loop's (the share of the time left
+    that it plans to use). Leaves ``net`` as it was (eval-mode forwards move no BatchNorm
+    statistic)."""
+    if deadline.budget_s is None:
         return math.inf
     x, _ = batch
+    was_training = net.training
+    net.eval()
     forwards = []
-    for _ in range(2):
-        start = time.perf_counter()
-        with torch.no_grad():
-            teacher(x)
-        synchronize(x.device)
-        forwards.append(time.perf_counter() - start)
-    per_step = loop.fastest_step_s + min(forwards)
-    left = loop.margin * max(loop.deadline.remaining(), 0.0)
+    with torch.no_grad():
+        for _ in range(2):
+            start = time.perf_counter()
+            net(x)
+            synchronize(x.device)
+            forwards.append(time.perf_counter() - start)
+    net.train(was_training)
+    per_step = RESET_STEP_FORWARDS * min(forwards)
+    left = margin * max(deadline.remaining(), 0.0)
     return left / max(per_step, 1e-12) / max(n_retain, 1)
+
+
+def measured_reset_epochs(loop: TrainLoop, n_retain: int) -> float:
+    """Epochs of reset-regime steps that the budget left affords, from ``loop``'s fastest timed
+    step (a reset step, teacher included). The fastest, not the mean: the question is how fast
+    this machine runs the steps, and the first steps carry one-off costs (Adam's first update,
+    the loader's start-up) and momentary slowdowns."""
+    if loop.deadline.budget_s is None:
+        return math.inf
+    left = loop.margin * max(loop.deadline.remaining(), 0.0)
+    return left / max(loop.fastest_step_s, 1e-12) / max(n_retain, 1)
+
+
+def first_batch(loader, device):
+    """The first batch of one pass over ``loader``, without moving torch's global random
+    stream (a shuffling loader seeds its pass from it; a loader with its own generator still
+    moves that one)."""
+    with torch.random.fork_rng(devices=[]):
+        return next(iter(device_batches(loader, device)))
+
+
+class _TooSlow(Exception):
+    """Raised in the reset loop when its own timed steps show too few epochs fit."""
 
 
 @register("relearn")
@@ -139,19 +176,17 @@ def relearn(
         )
     deadline = Deadline(budget_s)
     device = device_of(net)
-    teacher = None if regime == "perturb" else frozen_copy(net)  # the original, for reset
     n_retain = count_batches(retain)
+    settings = {**SHRINK_PERTURB_DEFAULTS, "perturb": perturb, "lr": perturb_lr}
+    checked = regime != "auto"  # a forced regime is not second-guessed
+    if regime == "auto":
+        fits = estimated_reset_epochs(net, first_batch(retain, device), deadline, n_retain)
+        regime = choose_regime(min(epochs, fits), reset_from_epochs=reset_from_epochs)
+    if regime == "perturb":  # shrink_perturb's run, with its defaults
+        perturb_then_relearn(net, retain, deadline, **settings)
+        return net.eval()
 
-    def handover(loop, batch) -> bool:  # after shrink_perturb's timing steps: reset instead?
-        fits = min(epochs, reset_epochs_that_fit(loop, teacher, batch, n_retain))
-        return choose_regime(fits, reset_from_epochs=reset_from_epochs) == "reset"
-
-    if regime != "reset":  # shrink_perturb's run, with its defaults, unless handed over
-        settings = {**SHRINK_PERTURB_DEFAULTS, "perturb": perturb, "lr": perturb_lr}
-        chooser = handover if regime == "auto" else None
-        if perturb_then_relearn(net, retain, deadline, **settings, handover=chooser):
-            return net.eval()
-
+    teacher = frozen_copy(net)  # the original: the distillation target, and the fallback
     planned = epochs * n_retain
     loop = TrainLoop(deadline, planned_steps=planned, device=device)
     prune_and_redraw(net, 1.0 - keep)
@@ -159,6 +194,12 @@ def relearn(
     schedule = Schedule(optimizer, one_cycle(warmup), planned_steps=planned)
 
     def step(batch):
+        nonlocal checked
+        if not checked and loop.calibrated:  # the estimate, checked against real steps
+            checked = True
+            fits = min(epochs, measured_reset_epochs(loop, n_retain))
+            if choose_regime(fits, reset_from_epochs=reset_from_epochs) == "perturb":
+                raise _TooSlow
         x, y = batch
         logits = net(x)
         loss = F.cross_entropy(logits, y)
@@ -172,7 +213,15 @@ def relearn(
         return loss
 
     net.train()
-    loop.run_epochs(
-        epochs, lambda: device_batches(retain, device), step, steps=n_retain, schedules=(schedule,)
-    )
+    try:
+        loop.run_epochs(
+            epochs,
+            lambda: device_batches(retain, device),
+            step,
+            steps=n_retain,
+            schedules=(schedule,),
+        )
+    except _TooSlow:  # back to the original, and shrink_perturb's run in the time left
+        net.load_state_dict(teacher.state_dict())
+        perturb_then_relearn(net, retain, deadline, **settings)
     return net.eval()

@@ -86,10 +86,6 @@ def auto_perturb(epochs: float) -> float:
     return min(max(0.5 + 0.2 * math.log(epochs), low), high)
 
 
-class _HandedOver(Exception):
-    """Raised inside the loop when ``handover`` takes the run elsewhere."""
-
-
 @register("shrink_perturb")
 def shrink_perturb(
     net,
@@ -130,13 +126,8 @@ def perturb_then_relearn(
     lr: float,
     warmup: float,
     weight_decay: float,
-    handover=None,
-) -> bool:
-    """The method's run within ``deadline``. ``handover(loop, batch)``, when given, is asked
-    once, when the loop's timing steps are done and before the perturbation: if it returns
-    True the run stops there (the model has had only the timing steps) and this returns
-    False (``relearn`` uses it to choose its regime from those timings). Returns True
-    otherwise."""
+) -> None:
+    """The method's run within ``deadline`` (``relearn``'s perturb regime calls it too)."""
     if not 0.0 <= shrink <= 1.0 or (perturb is not None and perturb < 0.0):
         raise ValueError(
             f"need 0 <= shrink <= 1 and perturb >= 0 (or None: sized to the budget); got "
@@ -156,8 +147,6 @@ def perturb_then_relearn(
         # Perturb once the loop knows how many epochs of relearning fit (see the docstring).
         nonlocal perturbed
         if not perturbed and loop.calibrated:
-            if handover is not None and handover(loop, batch):
-                raise _HandedOver
             size = auto_perturb(epochs * loop.fraction) if perturb is None else perturb
             shrink_and_perturb(net, shrink=shrink, perturb=size)
             optimizer.state.clear()  # Adam's moments from the probe steps describe the old net
@@ -165,16 +154,9 @@ def perturb_then_relearn(
         return train_step(batch)
 
     net.train()
-    try:
-        loop.run_epochs(
-            epochs,
-            lambda: device_batches(retain, device),
-            step,
-            steps=n_retain,
-            schedules=(schedule,),
-        )
-    except _HandedOver:
-        return False
+    loop.run_epochs(
+        epochs, lambda: device_batches(retain, device), step, steps=n_retain, schedules=(schedule,)
+    )
     if not perturbed:
         warnings.warn(
             f"shrink_perturb: the budget ({deadline.budget_s} s) ran out within the "
@@ -182,4 +164,3 @@ def perturb_then_relearn(
             "the model is returned after those retain steps only. Give it a larger budget_s.",
             stacklevel=3,
         )
-    return True

@@ -3,6 +3,7 @@ target and what it learns."""
 
 import inspect
 import math
+import time
 
 import pytest
 import torch
@@ -11,10 +12,14 @@ from torch import nn
 import submission
 import submission.methods.relearn as relearn_module
 from submission import METHODS, seed_everything
-from submission.helpers import frozen_copy
 from submission.loop import Deadline, TrainLoop
 from submission.methods.prune_reinit import pruned_tensors
-from submission.methods.relearn import choose_regime, reset_epochs_that_fit
+from submission.methods.relearn import (
+    choose_regime,
+    estimated_reset_epochs,
+    first_batch,
+    measured_reset_epochs,
+)
 
 from ..conftest import SlowLoader, make_data, make_loader, make_net
 
@@ -44,24 +49,28 @@ def test_the_regime_is_reset_once_enough_epochs_of_relearning_fit(fits, regime):
     assert choose_regime(fits, reset_from_epochs=1.5) == regime
 
 
+class Calls(list):
+    """A list that carries a second record (``handed``)."""
+
+
 def spy_on_damage(monkeypatch):
-    """Record which regime ran: the reset's pruning (its amount) or shrink_perturb's run to
-    its end (its settings), without changing either."""
-    calls = []
+    """Record which regime ran: the reset's pruning (its amount) or shrink_perturb's run (its
+    settings), without changing either; ``handed`` gets the weights shrink_perturb started from."""
+    calls, handed = Calls(), []
     real_prune, real_perturb = relearn_module.prune_and_redraw, relearn_module.perturb_then_relearn
 
     def prune(net, amount):
         calls.append(("reset", amount))
         return real_prune(net, amount)
 
-    def perturb(net, retain, deadline, *, handover=None, **settings):
-        finished = real_perturb(net, retain, deadline, handover=handover, **settings)
-        if finished:
-            calls.append(("perturb", settings))
-        return finished
+    def perturb(net, retain, deadline, **settings):
+        calls.append(("perturb", settings))
+        handed.append({k: v.clone() for k, v in net.state_dict().items()})
+        return real_perturb(net, retain, deadline, **settings)
 
     monkeypatch.setattr(relearn_module, "prune_and_redraw", prune)
     monkeypatch.setattr(relearn_module, "perturb_then_relearn", perturb)
+    calls.handed = handed
     return calls
 
 
@@ -97,33 +106,93 @@ def test_the_perturb_regime_is_shrink_perturb_with_its_defaults():
         assert torch.equal(value, nets[1][name]), name
 
 
-def test_a_budget_that_fits_little_relearning_stays_with_shrink_perturb(monkeypatch):
-    # 16 steps an epoch, each at least 20 ms: 0.4 s fits at most 1.06 epochs, under 1.5
+def test_an_estimate_that_little_fits_goes_to_shrink_perturb_without_damage(monkeypatch):
+    # a step as costly as a million forwards: no budget of 1 s fits 1.5 epochs of them
+    monkeypatch.setattr(relearn_module, "RESET_STEP_FORWARDS", 1e6)
+    calls = spy_on_damage(monkeypatch)
+    net = make_net(0)
+    original = {k: v.clone() for k, v in net.state_dict().items()}
+    METHODS["relearn"](net, loader_of(), loader_of(), loader_of(), budget_s=1.0)
+    assert calls == [("perturb", {**SHRINK_PERTURB, "perturb": None})]
+    for name, value in original.items():  # shrink_perturb started from the original itself
+        assert torch.equal(calls.handed[0][name], value), name
+
+
+def test_the_reset_loop_falls_back_to_the_original_when_its_own_steps_are_too_slow(monkeypatch):
+    # the tiny net's forwards promise many epochs; its reset steps, with the loader's 20 ms a
+    # batch, fit at most 0.85 * 0.4 / 0.02 / 16 = 1.06 epochs, under 1.5
     loader = SlowLoader(loader_of(batch_size=4), delay_s=0.02)
     calls = spy_on_damage(monkeypatch)
-    METHODS["relearn"](make_net(0), loader, loader, loader, budget_s=0.4)
-    assert len(calls) == 1 and calls[0][0] == "perturb"
-    # a budget that fits many epochs of the tiny net's steps resets after the timing steps
+    net = make_net(0)
+    original = {k: v.clone() for k, v in net.state_dict().items()}
+    METHODS["relearn"](net, loader, loader, loader, budget_s=0.4)
+    assert calls == [
+        ("reset", pytest.approx(0.99)),
+        ("perturb", {**SHRINK_PERTURB, "perturb": None}),
+    ]
+    for name, value in original.items():  # the damage and the reset's steps are undone
+        assert torch.equal(calls.handed[0][name], value), name
+    # a budget that fits many epochs of the tiny net's steps stays reset
     calls.clear()
     METHODS["relearn"](make_net(0), loader_of(), loader_of(), loader_of(), budget_s=1.0)
     assert calls == [("reset", pytest.approx(0.99))]
 
 
-def test_reset_epochs_that_fit_add_the_teachers_forward_to_the_timed_steps():
-    net = make_net(0)
-    loader = loader_of(batch_size=4)  # 16 batches an epoch
+def test_a_forced_reset_is_not_checked(monkeypatch):
+    loader = SlowLoader(loader_of(batch_size=4), delay_s=0.02)
+    calls = spy_on_damage(monkeypatch)
+    METHODS["relearn"](make_net(0), loader, loader, loader, budget_s=0.4, regime="reset")
+    assert calls == [("reset", pytest.approx(0.99))]
+
+
+class Sleepy(nn.Module):
+    """A BatchNorm net whose every forward takes at least 10 ms."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        time.sleep(0.01)
+        return self.norm(x).flatten(1)[:, :10]
+
+
+def test_the_estimate_counts_a_reset_step_as_four_forwards_and_leaves_the_net_as_it_was():
+    net = Sleepy().train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    batch = next(iter(loader_of(batch_size=4)))
+    deadline = Deadline(10.0)
+    fits = estimated_reset_epochs(net, batch, deadline, 16)
+    upper = 0.85 * 10.0 / (4 * 0.01) / 16  # 13.3: forwards of exactly 10 ms
+    assert 0.5 * upper < fits <= upper
+    assert net.training
+    for name, value in before.items():  # eval-mode forwards: no BatchNorm statistic moved
+        assert torch.equal(net.state_dict()[name], value), name
+    assert estimated_reset_epochs(net, batch, Deadline(None), 16) == math.inf
+
+
+def test_the_check_reads_the_fastest_reset_step():
     loop = TrainLoop(Deadline(10.0), planned_steps=100)
     # four timed steps: a slow first one (one-off costs), then three of 10 ms
     loop.steps, loop.step_seconds, loop.fastest_step_s = 4, 0.5 + 3 * 0.01, 0.01
-    batch = next(iter(loader))
-    fits = reset_epochs_that_fit(loop, frozen_copy(net), batch, 16)
-    upper = loop.margin * loop.deadline.remaining() / 0.01 / 16
-    assert 0.3 * upper < fits < upper  # the teacher's forward costs a fraction of a step
-    # the slow first step does not count: by the mean (0.13 s a step) under a fifth would fit
-    assert fits > 5 * loop.margin * loop.deadline.remaining() / loop.seconds_per_step / 16
-    assert reset_epochs_that_fit(TrainLoop(Deadline(None), planned_steps=1), net, batch, 16) == (
-        math.inf
+    fits = measured_reset_epochs(loop, 16)
+    assert fits == pytest.approx(loop.margin * 10.0 / 0.01 / 16, rel=1e-3)
+    # by the mean (0.13 s a step) under a tenth of that would fit
+    assert fits > 10 * loop.margin * 10.0 / loop.seconds_per_step / 16
+    assert measured_reset_epochs(TrainLoop(Deadline(None), planned_steps=1), 16) == math.inf
+
+
+def test_the_estimates_batch_leaves_the_global_random_stream_alone():
+    images, labels = make_data(64, seed=1)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(images, labels), batch_size=16, shuffle=True
     )
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    x, y = first_batch(loader, torch.device("cpu"))
+    assert x.shape == (16, *images.shape[1:]) and y.shape == (16,)
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_reset_keeps_exactly_the_global_top_share_and_redraws_the_rest():
