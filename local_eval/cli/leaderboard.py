@@ -64,7 +64,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
     cache = ModelCache(args.cache_dir or default_cache_dir())
-    # one budget for every method: "auto" resolved once, from the shared original
+    # one budget for every method: "auto" (or "retime") resolved once, from the shared original
     config = resolve_budget(given, cache=cache, progress=not args.quiet)
 
     def log(line: str) -> None:
@@ -111,6 +111,8 @@ def _title(args: argparse.Namespace, setup: dict, config) -> str:
     budget = "no budget" if config.budget_s is None else f"{config.budget_s:.3g} s per run"
     if args.budget_s == "auto":
         budget += " (auto: 20% of the original's training)"
+    elif args.budget_s == "retime":
+        budget += " (retime: 20% of the original's training, timed again at the start)"
     return f"{config.dataset}, forget {forget}, N = {config.n_models}, {budget}"
 
 

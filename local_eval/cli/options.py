@@ -27,7 +27,7 @@ from local_eval.runs.loading import (
     parse_hyperparameters,
     with_time_limit,
 )
-from local_eval.runs.pipeline import AUTO_BUDGET, EvalConfig
+from local_eval.runs.pipeline import BUDGET_RULES, EvalConfig
 from local_eval.training.batched import TRAINERS
 from local_eval.training.cache import CACHE_ENV, default_cache_dir
 
@@ -87,7 +87,9 @@ RUN_OPTIONS = (
         "budget_s",
         "seconds per unlearning run, passed as budget_s to methods that take it: auto (the "
         "default: the competition's rule, 20%% of one retraining as measured on the "
-        "original's own training), a number, or none (each method's full recipe)",
+        "original's own training), retime (the same, with that training timed again now: "
+        "for a machine whose speed drifts, at the cost of one more training), a number, or "
+        "none (each method's full recipe)",
         lambda text: budget_value(text),
     ),
     Option("device", "auto (cuda if available), cpu, cuda, cuda:N"),
@@ -133,16 +135,18 @@ CONFIG_OPTIONS = DATA_OPTIONS + RUN_OPTIONS
 
 
 def budget_value(text: str) -> float | str | None:
-    """``--budget-s``: ``auto``, ``none`` or seconds (checked, with the other options, by
-    :class:`EvalConfig`)."""
+    """``--budget-s``: ``auto``, ``retime``, ``none`` or seconds (checked, with the other
+    options, by :class:`EvalConfig`)."""
     word = text.strip().lower()
-    if word in (AUTO_BUDGET, "none"):
-        return None if word == "none" else AUTO_BUDGET
+    if word in BUDGET_RULES:
+        return word
+    if word == "none":
+        return None
     try:
         return float(word)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{text!r}: give auto, none or a number of seconds"
+            f"{text!r}: give auto, retime, none or a number of seconds"
         ) from None
 
 

@@ -36,7 +36,7 @@ from local_eval.cli.options import (
 )
 from local_eval.reporting.outputs import default_out_dir, write_outputs
 from local_eval.runs.jobs import ROLES, Shard
-from local_eval.runs.pipeline import prepare_original, run_shard
+from local_eval.runs.pipeline import RETIME_BUDGET, prepare_original, run_shard
 from local_eval.runs.shards import check_shard_folder, merge_shards, write_shard
 from local_eval.training.cache import ModelCache, default_cache_dir
 
@@ -67,6 +67,11 @@ def shard(args: argparse.Namespace, argv: list[str]) -> int:
     if args.out is None:
         raise ValueError("give --out SHARD_DIR: the folder for this shard's records (one each)")
     config, method, cache_root = evaluation_inputs(args)
+    if config.budget_s == RETIME_BUDGET:
+        raise ValueError(
+            "--budget-s retime times the machine each shard runs on, and the shards of one "
+            "evaluation must share one budget: give --budget-s auto, or the seconds"
+        )
     with out_lock(args.out):
         check_shard_folder(args.out, which)
         part = run_shard(

@@ -139,15 +139,16 @@ def test_out_must_be_a_folder(run, tmp_path):
     assert_clean_error(code, err, "is not a folder")
 
 
-def test_budget_option_reads_auto_none_and_seconds():
+def test_budget_option_reads_auto_retime_none_and_seconds():
     import argparse
 
     from local_eval.cli.main import parser
     from local_eval.cli.options import budget_value, eval_config
 
     assert budget_value("auto") == "auto" and budget_value("None") is None
+    assert budget_value("Retime") == "retime"
     assert budget_value("2.5") == 2.5
-    with pytest.raises(argparse.ArgumentTypeError, match="give auto, none or a number"):
+    with pytest.raises(argparse.ArgumentTypeError, match="give auto, retime, none or a number"):
         budget_value("fast")
     assert eval_config(parser().parse_args([])).budget_s == "auto"  # the default: the rule
     assert eval_config(parser().parse_args(["--budget-s", "none"])).budget_s is None

@@ -283,11 +283,56 @@ def test_the_default_budget_is_the_competitions_rule(tmp_path):
     assert resolve_budget(dataclasses.replace(config, budget_s=3.0), cache=cache).budget_s == 3.0
 
 
+def test_a_retimed_budget_times_the_originals_training_again_and_is_the_yardstick(tmp_path):
+    """retime: 20% of the original's training done again when the evaluation starts; its
+    seconds become the report's one retraining, and the cached original stays as it was."""
+    from local_eval.runs.jobs import model_seed
+    from local_eval.runs.pipeline import RETIME_BUDGET, resolve_budget
+    from local_eval.training.train import CUTOFF
+
+    budgets = []
+
+    def records_its_budget(net, retain, forget, val, *, budget_s=None):
+        budgets.append(budget_s)
+        return net
+
+    loaded = LoadedMethod(records_its_budget, "test:budget", accepts_budget=True)
+    config = EvalConfig(n_models=2, recipe_overrides={"epochs": 1}, workers=1, threads=1)
+    cache = ModelCache(tmp_path)
+    cold = run_evaluation(  # the original trained now: timed once, not twice
+        dataclasses.replace(config, budget_s=RETIME_BUDGET), loaded, cache=cache, progress=False
+    )
+    metas = {p.name: json.loads((p / "meta.json").read_text()) for p in tmp_path.iterdir()
+             if (p / "meta.json").exists()}  # fmt: skip
+    [key] = [k for k, m in metas.items() if '"original"' in json.dumps(m)]
+    cached = cache.load(key, model_seed(0, "original", 0)).seconds
+    assert cold.config.retraining_s == cached
+    assert cold.trained["original"] == 2  # the original and the floor's second model
+
+    warm = run_evaluation(
+        dataclasses.replace(config, budget_s=RETIME_BUDGET), loaded, cache=cache, progress=False
+    )
+    retimed = warm.config.retraining_s
+    assert retimed > 0 and retimed != cached  # a second timing of the same training
+    assert warm.config.budget_s == pytest.approx(CUTOFF * retimed)
+    assert budgets[-2:] == [warm.config.budget_s] * 2
+    assert float(warm.signals.floor.seconds[0]) == retimed  # the yardstick, timed now
+    assert cache.load(key, model_seed(0, "original", 0)).seconds == cached  # not overwritten
+    assert warm.trained["original"] == 0  # the retiming is not a model of the evaluation
+    again = resolve_budget(dataclasses.replace(config, budget_s=RETIME_BUDGET), cache=cache)
+    assert again.budget_s == pytest.approx(CUTOFF * again.retraining_s)
+
+
 @pytest.mark.parametrize("bad", ["fast", -1.0, 0.0, float("nan")])
-def test_a_budget_is_auto_none_or_positive_seconds(bad):
-    with pytest.raises(ValueError, match="budget_s must be positive seconds, 'auto' or None"):
+def test_a_budget_is_auto_retime_none_or_positive_seconds(bad):
+    with pytest.raises(
+        ValueError, match="budget_s must be positive seconds, 'auto', 'retime' or None"
+    ):
         EvalConfig(budget_s=bad)
     assert EvalConfig(budget_s=None).budget_s is None
+    assert EvalConfig(budget_s="retime").budget_s == "retime"
+    with pytest.raises(ValueError, match="retraining_s must be positive seconds or None"):
+        EvalConfig(retraining_s=0.0)
 
 
 def test_the_run_time_limit_follows_each_runs_budget():

@@ -133,3 +133,11 @@ def test_prepare_puts_the_original_in_the_cache_for_the_shards(tmp_path, capsys)
     manifest = json.loads((tmp_path / "s0" / "manifest.json").read_text())
     assert manifest["original_sha256"].startswith(digest)
     assert manifest["models_trained"]["original"] == 1  # original:1 only; original:0 found
+
+
+def test_a_shard_refuses_a_budget_each_machine_would_time_for_itself(tmp_path, capsys):
+    argv = ["shard", "--shard", "0/2", *OPTIONS, "--budget-s", "retime", "--out", tmp_path]
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert "retime times the machine each shard runs on" in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # nothing written
