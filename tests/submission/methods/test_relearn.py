@@ -119,13 +119,13 @@ def test_an_estimate_that_little_fits_goes_to_shrink_perturb_without_damage(monk
 
 
 def test_the_reset_loop_falls_back_to_the_original_when_its_own_steps_are_too_slow(monkeypatch):
-    # the tiny net's forwards promise many epochs; its reset steps, with the loader's 20 ms a
-    # batch, fit at most 0.85 * 0.4 / 0.02 / 16 = 1.06 epochs, under 1.5
-    loader = SlowLoader(loader_of(batch_size=4), delay_s=0.02)
+    # the tiny net's forwards promise many epochs (1.5 would need forwards of 9 ms); its reset
+    # steps, with the loader's 50 ms a batch, fit at most 0.85 * 1 / 0.05 / 16 = 1.06 epochs
+    loader = SlowLoader(loader_of(batch_size=4), delay_s=0.05)
     calls = spy_on_damage(monkeypatch)
     net = make_net(0)
     original = {k: v.clone() for k, v in net.state_dict().items()}
-    METHODS["relearn"](net, loader, loader, loader, budget_s=0.4)
+    METHODS["relearn"](net, loader, loader, loader, budget_s=1.0)
     assert calls == [
         ("reset", pytest.approx(0.99)),
         ("perturb", {**SHRINK_PERTURB, "perturb": None}),
@@ -139,9 +139,9 @@ def test_the_reset_loop_falls_back_to_the_original_when_its_own_steps_are_too_sl
 
 
 def test_a_forced_reset_is_not_checked(monkeypatch):
-    loader = SlowLoader(loader_of(batch_size=4), delay_s=0.02)
+    loader = SlowLoader(loader_of(batch_size=4), delay_s=0.05)
     calls = spy_on_damage(monkeypatch)
-    METHODS["relearn"](make_net(0), loader, loader, loader, budget_s=0.4, regime="reset")
+    METHODS["relearn"](make_net(0), loader, loader, loader, budget_s=1.0, regime="reset")
     assert calls == [("reset", pytest.approx(0.99))]
 
 
