@@ -25,6 +25,7 @@ import torch
 from .devices import synchronize
 
 __all__ = [
+    "MARGIN",
     "Deadline",
     "Schedule",
     "Timings",
@@ -39,6 +40,7 @@ __all__ = [
 
 
 _WARMED: set[str] = set()  # devices warmed in this process
+MARGIN = 0.85  # share of the remaining budget a loop plans to use (TrainLoop's ``margin``)
 
 
 def warm_up(device: torch.device | str | None = None) -> None:
@@ -205,7 +207,7 @@ class TrainLoop:
         planned_steps: int,
         full_steps: int = 0,
         probe_steps: int = 3,
-        margin: float = 0.85,
+        margin: float = MARGIN,
         device: torch.device | None = None,
     ):
         self.deadline = deadline

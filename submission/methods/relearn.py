@@ -71,7 +71,7 @@ import torch.nn.functional as F
 from ..batches import count_batches, device_batches
 from ..devices import synchronize
 from ..helpers import device_of, frozen_copy, teacher_kl
-from ..loop import Deadline, Schedule, TrainLoop, one_cycle
+from ..loop import MARGIN, Deadline, Schedule, TrainLoop, one_cycle
 from ..registry import register
 from .prune_reinit import prune_and_redraw
 from .shrink_perturb import perturb_then_relearn, shrink_perturb
@@ -97,8 +97,12 @@ def choose_regime(epochs_that_fit: float, *, reset_from_epochs: float) -> str:
     return "reset" if epochs_that_fit >= reset_from_epochs else "perturb"
 
 
+def _epochs_in(seconds: float, per_step_s: float, n_retain: int) -> float:
+    return max(seconds, 0.0) / max(per_step_s, 1e-12) / max(n_retain, 1)
+
+
 def estimated_reset_epochs(
-    net, batch, deadline: Deadline, n_retain: int, *, margin: float = 0.85
+    net, batch, deadline: Deadline, n_retain: int, *, margin: float = MARGIN
 ) -> float:
     """Epochs of reset-regime steps that ``deadline`` affords, estimated before any step: the
     faster of two timed eval-mode forwards of ``net`` on ``batch``, times
@@ -118,9 +122,7 @@ def estimated_reset_epochs(
             synchronize(x.device)
             forwards.append(time.perf_counter() - start)
     net.train(was_training)
-    per_step = RESET_STEP_FORWARDS * min(forwards)
-    left = margin * max(deadline.remaining(), 0.0)
-    return left / max(per_step, 1e-12) / max(n_retain, 1)
+    return _epochs_in(margin * deadline.remaining(), RESET_STEP_FORWARDS * min(forwards), n_retain)
 
 
 def measured_reset_epochs(loop: TrainLoop, n_retain: int) -> float:
@@ -130,8 +132,7 @@ def measured_reset_epochs(loop: TrainLoop, n_retain: int) -> float:
     the loader's start-up) and momentary slowdowns."""
     if loop.deadline.budget_s is None:
         return math.inf
-    left = loop.margin * max(loop.deadline.remaining(), 0.0)
-    return left / max(loop.fastest_step_s, 1e-12) / max(n_retain, 1)
+    return _epochs_in(loop.margin * loop.deadline.remaining(), loop.fastest_step_s, n_retain)
 
 
 def first_batch(loader, device):
