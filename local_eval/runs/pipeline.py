@@ -562,9 +562,9 @@ class _ModelSource:
         seed, alone, by the sequential trainer); the weights are discarded: one retraining
         on the machine as it runs today (once trained in this call, its own seconds are)."""
         before = self.trained["original"]
-        self.original_weights()
+        seconds = self.original_seconds()  # (trains it when missing)
         if self.trained["original"] > before:  # trained just now: not twice
-            return self.original_seconds()
+            return seconds
         job = ("original", "sequential", self.seed("original", 0))
         [(_, (record, _))] = self._train_many([job])
         return float(record.seconds)
