@@ -22,7 +22,6 @@ from local_eval.reporting.leaderboard import (
     rank,
     write_board,
 )
-from local_eval.runs.pipeline import resolve_budget
 from local_eval.training.cache import ModelCache, default_cache_dir
 
 __all__ = ["main", "parser"]
@@ -64,16 +63,15 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
     cache = ModelCache(args.cache_dir or default_cache_dir())
-    # one budget for every method: "auto" (or "retime") resolved once, from the shared original
-    config = resolve_budget(given, cache=cache, progress=not args.quiet)
 
     def log(line: str) -> None:
         if not args.quiet:
             print(line, file=sys.stderr, flush=True)
 
     start = time.perf_counter()
+    # "auto" / "retime" resolved at each repeat's start, one budget for every method of it
     rows, shared = evaluate_methods(
-        config,
+        given,
         names,
         cache=cache,
         default=submission.DEFAULT_METHOD,
@@ -85,14 +83,13 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     setup = shared.get("setup", {})
     device = setup.get("device", args.device)
     meta = {
-        "title": _title(args, setup, config),
+        "title": _title(args, setup, given, shared),
         "command": "python -m local_eval leaderboard " + shlex.join(argv),
         "machine": machine(device),
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "kit_commit": versions()["kit_commit"],
-        "n_models": config.n_models,
+        "n_models": given.n_models,
         "repeats": args.repeats,
-        "budget_s": config.budget_s,
         "methods": names,
         "default_method": submission.DEFAULT_METHOD,
         "wall_s": time.perf_counter() - start,
@@ -106,13 +103,20 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
-def _title(args: argparse.Namespace, setup: dict, config) -> str:
+def _title(args: argparse.Namespace, setup: dict, config, shared: dict) -> str:
     forget = setup.get("forget", config.forget or "default forget set")
-    budget = "no budget" if config.budget_s is None else f"{config.budget_s:.3g} s per run"
+    budgets = shared.get("repeat_summary", {}).get("budget_s") or [shared["budget_s"]]
+    if shared["budget_s"] is None:
+        budget = "no budget"
+    elif max(budgets) > min(budgets):
+        budget = f"{min(budgets):.3g}-{max(budgets):.3g} s per run"
+    else:
+        budget = f"{shared['budget_s']:.3g} s per run"
     if args.budget_s == "auto":
         budget += " (auto: 20% of the original's training)"
     elif args.budget_s == "retime":
-        budget += " (retime: 20% of the original's training, timed again at the start)"
+        what = "each repeat's" if args.repeats > 1 else "the"
+        budget += f" (retime: 20% of the original's training, timed again at {what} start)"
     return f"{config.dataset}, forget {forget}, N = {config.n_models}, {budget}"
 
 

@@ -30,10 +30,12 @@ leaving "not told apart" to read as a tie between the two methods.
 Repeats (``--repeats R``): the budget is wall-clock time, so the steps a method fits, and its
 score, differ between two evaluations of the same method on the same references and run
 seeds. With R > 1 every method is evaluated R times, board after board (a slow stretch of the
-machine then falls on every method of one repeat, not on every repeat of one method); a row
-holds the means over its repeats (:func:`combine_repeats`), its intervals are over the forget
-examples of the per-example means, and the board says who led each repeat and in how many the
-leader's paired lead held (:func:`repeat_summary`).
+machine then falls on every method of one repeat, not on every repeat of one method), each
+repeat in its own rotation of the methods (:func:`repeat_order`) and, under ``retime``, with
+its own budget from one retraining timed at its start; a row holds the means over its repeats
+(:func:`combine_repeats`), its intervals are over the forget examples of the per-example
+means, and the board says who led each repeat and in how many the leader's paired lead held
+(:func:`repeat_summary`).
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ from local_eval.reporting.report import (
     paired_bootstrap,
 )
 from local_eval.runs.loading import load_unlearning, with_time_limit
-from local_eval.runs.pipeline import SubmissionError, run_evaluation
+from local_eval.runs.pipeline import SubmissionError, resolve_budget, run_evaluation
 
 __all__ = [
     "PRIVATE_LEADERBOARD",
@@ -76,6 +78,7 @@ __all__ = [
     "leader_ahead",
     "machine",
     "rank",
+    "repeat_order",
     "repeat_summary",
     "resolution",
     "versus_leader",
@@ -376,7 +379,8 @@ def format_markdown(ranked: Sequence[Row], meta: dict) -> str:
         f"- command: `{meta.get('command', '?')}`",
         f"- machine: {meta.get('machine', '?')}",
         f"- N = {meta.get('n_models')} models per group; budget "
-        + ("none (each method's full recipe)" if budget is None else f"{budget:g} s per run")
+        + ("none (each method's full recipe)" if budget is None else f"{budget:.3g} s per run")
+        + (" (the repeats' mean)" if _retimed_each(meta) else "")
         + f"; {meta.get('date', '?')}; kit commit {meta.get('kit_commit') or '?'}",
     ]
     if setup:
@@ -391,7 +395,8 @@ def format_markdown(ranked: Sequence[Row], meta: dict) -> str:
         lines.append(
             f"- shared by every method: one retraining (the original's training, the budget's "
             f"and the x retraining column's base) {refs['retraining_s']:.2f} s"
-            f"{_references_s(refs)}; ceiling (a 2nd retrained set) F {refs['ceiling_f']:.3f}, "
+            + (" (the repeats' mean)" if _retimed_each(meta) else "")
+            + f"{_references_s(refs)}; ceiling (a 2nd retrained set) F {refs['ceiling_f']:.3f}, "
             f"score {refs['ceiling_score']:.3f}; "
             f"floor (no unlearning) F {refs['floor_f']:.3f}, score {refs['floor_score']:.3f}"
         )
@@ -490,7 +495,28 @@ def _repeats_line(summary: dict) -> str:
         "budget is wall-clock time, so the steps that fit differ between them); the rows are "
         "their means, the intervals over the forget examples of the per-example means. "
         f"First in a repeat's own ranking: {firsts} (of {n}); the leader's paired lead over "
-        f"its runner-up held in {sum(h is True for h in held)} of {n}."
+        f"its runner-up held in {sum(h is True for h in held)} of {n}. Each repeat takes the "
+        "methods in its own rotation of the list." + _yardsticks_text(summary)
+    )
+
+
+def _retimed_each(meta: dict) -> bool:
+    timed = meta.get("repeat_summary", {}).get("retraining_s") or []
+    return bool(timed) and all(t is not None for t in timed)
+
+
+def _yardsticks_text(summary: dict) -> str:
+    """The per-repeat budgets, when the yardstick was timed again before each repeat."""
+    timed = summary.get("retraining_s") or []
+    if not timed or any(t is None for t in timed):
+        return ""
+    budgets = summary["budget_s"]
+    return (
+        " One retraining, timed again at each repeat's start: "
+        + " / ".join(f"{t:.2f}" for t in timed)
+        + " s, so the budgets per run were "
+        + " / ".join(f"{b:.3g}" for b in budgets)
+        + " s."
     )
 
 
@@ -627,8 +653,17 @@ def evaluate_methods(
     log: Callable[[str], None] = lambda line: None,
 ) -> tuple[list[Row], dict]:
     """``repeats`` ``run_evaluation`` per method, board after board; returns one row per method
-    (:func:`combine_repeats`) and the shared reference figures (with the board's
-    :func:`resolution`, and with ``repeats`` > 1 the :func:`repeat_summary`).
+    (in ``names``' order, :func:`combine_repeats`) and the figures every method shares: the
+    budget and yardstick, and once a method scored, the setup and reference figures with the
+    board's :func:`resolution` (with ``repeats`` > 1 the :func:`repeat_summary` too).
+
+    A budget rule in ``config`` (``"auto"``, ``"retime"``) is resolved at the start of every
+    repeat (:func:`~local_eval.runs.pipeline.resolve_budget`): with ``"retime"`` one
+    retraining is timed again before each repeat, and that repeat's runs get 20% of it, so a
+    machine that drifts over a long board is measured minutes, not the whole board, before
+    the runs it budgets. Each repeat takes the methods in its own rotation of ``names``
+    (:func:`repeat_order`), so no method always runs last, in the hottest stretch of the
+    repeat.
 
     A method's failure (``SubmissionError``, a run still going after ``run_timeout_s``, a
     report that cannot be built, a NaN score) becomes a failed row. Any other error (bad
@@ -636,22 +671,50 @@ def evaluate_methods(
     """
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
-    boards, shared, ceiling = [], {}, None
-    for repeat in range(1, repeats + 1):
-        prefix = f"repeat {repeat}/{repeats}: " if repeats > 1 else ""
+    boards, budgets, yardsticks, orders = [], [], [], []
+    shared, ceiling = {}, None
+    for index in range(repeats):
+        prefix = f"repeat {index + 1}/{repeats}: " if repeats > 1 else ""
+        resolved = resolve_budget(config, cache=cache, progress=progress)
+        if resolved.retraining_s is not None:
+            log(f"{prefix}one retraining timed again: {resolved.retraining_s:.2f} s, "
+                f"budget {resolved.budget_s:.3g} s per run")  # fmt: skip
+        order = repeat_order(len(names), index, repeats)
         rows, found = _one_board(
-            config, names, cache=cache, default=default, run_timeout_s=run_timeout_s,
-            progress=progress, prefix=prefix, log=log,
+            resolved, [names[i] for i in order], cache=cache, default=default,
+            run_timeout_s=run_timeout_s, progress=progress, prefix=prefix, log=log,
         )  # fmt: skip
-        boards.append(rows)
+        in_names_order: list[Row] = [rows[0]] * len(names)
+        for position, row in zip(order, rows, strict=True):
+            in_names_order[position] = row
+        boards.append(in_names_order)
+        budgets.append(resolved.budget_s)
+        yardsticks.append(resolved.retraining_s)
+        orders.append([names[i] for i in order])
         if not shared and found is not None:
             shared, ceiling = found
     rows = [combine_repeats(list(per_method)) for per_method in zip(*boards, strict=True)]
     if shared:
         shared["resolution"] = resolution(rank(rows), ceiling)
-        if repeats > 1:
-            shared["repeat_summary"] = repeat_summary(boards)
+        if yardsticks[0] is not None:  # retimed: the board's yardstick is the repeats' mean
+            shared["references"]["retraining_s"] = float(np.mean(yardsticks))
+    shared["budget_s"] = None if budgets[0] is None else float(np.mean(budgets))
+    if repeats > 1:
+        shared["repeat_summary"] = {
+            **repeat_summary(boards),
+            "budget_s": budgets,
+            "retraining_s": yardsticks,  # None: not timed again (the cached or given figure)
+            "orders": orders,
+        }
     return rows, shared
+
+
+def repeat_order(count: int, index: int, repeats: int) -> list[int]:
+    """The positions of ``count`` methods in repeat ``index`` of ``repeats``: the list rotated
+    by ``index * count // repeats``, so over the repeats each method starts in a different
+    part of the board (one repeat: the list as given)."""
+    shift = index * count // repeats
+    return [(shift + i) % count for i in range(count)]
 
 
 def _one_board(config, names, *, cache, default, run_timeout_s, progress, prefix, log):

@@ -1,5 +1,6 @@
 """The leaderboard: ranking and its CI column (synthetic rows), and a real board on digits."""
 
+import dataclasses
 import json
 import math
 import time
@@ -11,22 +12,26 @@ from scipy.stats import kendalltau, spearmanr
 
 import submission
 from local_eval.cli.main import main
+from local_eval.reporting import leaderboard
 from local_eval.reporting.leaderboard import (
     Row,
     combine_repeats,
     competition_agreement,
     distinct_notes,
+    evaluate_methods,
     format_markdown,
     lead_holds,
     lead_holds_paired,
     leader_ahead,
     rank,
+    repeat_order,
     repeat_summary,
     resolution,
     row_from_report,
     to_json,
     versus_leader,
 )
+from local_eval.runs.pipeline import EvalConfig
 
 
 def scored(name, score, low, high, **kw):
@@ -259,6 +264,62 @@ def test_repeat_summary_and_the_markdown_of_a_repeated_board():
     assert "per repeat" not in format_markdown(rank(first), {})
 
 
+def test_repeat_order_rotates_so_each_method_starts_in_a_different_part_of_the_board():
+    assert repeat_order(4, 0, 1) == [0, 1, 2, 3]  # one repeat: the list as given
+    orders = [repeat_order(9, i, 3) for i in range(3)]
+    assert [o[0] for o in orders] == [0, 3, 6]
+    assert all(sorted(o) == list(range(9)) for o in orders)
+    # over the repeats, no method's mean position is more than a third of the board off centre
+    positions = np.array([[o.index(m) for o in orders] for m in range(9)])
+    assert np.all(np.abs(positions.mean(axis=1) - 4) <= 3)
+    assert repeat_order(2, 1, 2) == [1, 0]
+
+
+def test_each_repeat_resolves_its_own_budget_and_runs_its_own_rotation(monkeypatch):
+    timed = iter([5.0, 6.0, 7.0])  # one retraining timed before each of three repeats
+    calls = []
+
+    def fake_resolve(config, *, cache, progress=True):
+        seconds = next(timed)
+        return dataclasses.replace(config, budget_s=0.2 * seconds, retraining_s=seconds)
+
+    def fake_board(config, names, **kw):
+        calls.append((config.budget_s, list(names)))
+        # a score that says which method and which budget produced it
+        score = {"a": 0.1, "b": 0.2, "c": 0.3}
+        return [scored(n, score[n] + config.budget_s, 0, 2) for n in names], None
+
+    monkeypatch.setattr(leaderboard, "resolve_budget", fake_resolve)
+    monkeypatch.setattr(leaderboard, "_one_board", fake_board)
+    given = EvalConfig(budget_s="retime")
+    rows, shared = evaluate_methods(given, ["a", "b", "c"], cache=None, repeats=3)
+    assert [c[1] for c in calls] == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]]
+    assert [c[0] for c in calls] == pytest.approx([1.0, 1.2, 1.4])
+    assert [r.method for r in rows] == ["a", "b", "c"]  # back in the given order
+    assert rows[0].repeat_scores == pytest.approx((1.1, 1.3, 1.5))
+    assert rows[2].repeat_scores == pytest.approx((1.3, 1.5, 1.7))
+    assert shared["budget_s"] == pytest.approx(1.2)
+    summary = shared["repeat_summary"]
+    assert summary["retraining_s"] == [5.0, 6.0, 7.0]
+    assert summary["budget_s"] == pytest.approx([1.0, 1.2, 1.4])
+    assert summary["orders"][1] == ["b", "c", "a"]
+    text = format_markdown(rank(rows), {**shared, "n_models": 3})
+    assert "budget 1.2 s per run (the repeats' mean)" in text
+    assert "each repeat's start: 5.00 / 6.00 / 7.00 s" in text
+    assert "budgets per run were 1 / 1.2 / 1.4 s" in text
+
+
+def test_a_fixed_budget_is_the_same_for_every_repeat(monkeypatch):
+    monkeypatch.setattr(leaderboard, "_one_board", lambda config, names, **kw: (
+        [scored(n, 0.1, 0, 1) for n in names], None))  # fmt: skip
+    given = EvalConfig(budget_s=0.5)  # resolve_budget gives a number back as it is
+    rows, shared = evaluate_methods(given, ["a", "b"], cache=None, repeats=2)
+    assert shared["budget_s"] == 0.5
+    assert shared["repeat_summary"]["retraining_s"] == [None, None]
+    text = format_markdown(rank(rows), {**shared, "n_models": 3})
+    assert "the repeats' mean" not in text and "timed again" not in text
+
+
 def test_markdown_lists_method_notes():
     ranked = [scored("a", 0.3, 0.2, 0.4, notes=("fisher on 8 samples",))]
     assert "- `a`: fisher on 8 samples" in format_markdown(ranked, {})
@@ -372,13 +433,21 @@ def test_board_lists_every_registered_method_and_failures(tmp_path, monkeypatch,
 def test_a_repeated_board_ranks_by_the_mean_of_its_repeats(tmp_path, capsys):
     out = tmp_path / "board"
     argv = ["leaderboard", "--methods", "finetune,relearn", "--repeats", "2", "--n-models", "3",
-            "--budget-s", "0.3", "--epochs", "2", "--workers", "1", "--quiet",
+            "--budget-s", "retime", "--epochs", "2", "--workers", "1", "--quiet",
             "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]  # fmt: skip
     assert main(argv) == 0, capsys.readouterr().out
     board = json.loads((out / "leaderboard.json").read_text())
     assert board["repeats"] == 2
     summary = board["repeat_summary"]
     assert summary["repeats"] == 2 and len(summary["leaders"]) == 2
+    # one retraining timed before each repeat, each repeat's budget 20% of its own timing
+    timed = summary["retraining_s"]
+    assert len(timed) == 2 and all(t > 0 for t in timed)
+    assert summary["budget_s"] == pytest.approx([0.2 * t for t in timed])
+    assert board["budget_s"] == pytest.approx(np.mean(summary["budget_s"]))
+    assert board["references"]["retraining_s"] == pytest.approx(np.mean(timed))
+    assert summary["orders"] == [["finetune", "relearn"], ["relearn", "finetune"]]
+    assert "timed again at each repeat's start" in board["title"]
     assert set(summary["leaders"]) <= {"finetune", "relearn"}
     for row in board["rows"]:
         assert len(row["repeat_scores"]) == 2
