@@ -50,6 +50,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
+from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
@@ -501,19 +502,19 @@ def _repeats_line(summary: dict) -> str:
 
 
 def _retimed_each(meta: dict) -> bool:
+    """Whether one retraining was timed again before every repeat (``--budget-s retime``)."""
     timed = meta.get("repeat_summary", {}).get("retraining_s") or []
     return bool(timed) and all(t is not None for t in timed)
 
 
 def _yardsticks_text(summary: dict) -> str:
     """The per-repeat budgets, when the yardstick was timed again before each repeat."""
-    timed = summary.get("retraining_s") or []
-    if not timed or any(t is None for t in timed):
+    if not _retimed_each({"repeat_summary": summary}):
         return ""
     budgets = summary["budget_s"]
     return (
         " One retraining, timed again at each repeat's start: "
-        + " / ".join(f"{t:.2f}" for t in timed)
+        + " / ".join(f"{t:.2f}" for t in summary["retraining_s"])
         + " s, so the budgets per run were "
         + " / ".join(f"{b:.3g}" for b in budgets)
         + " s."
@@ -684,10 +685,7 @@ def evaluate_methods(
             resolved, [names[i] for i in order], cache=cache, default=default,
             run_timeout_s=run_timeout_s, progress=progress, prefix=prefix, log=log,
         )  # fmt: skip
-        in_names_order: list[Row] = [rows[0]] * len(names)
-        for position, row in zip(order, rows, strict=True):
-            in_names_order[position] = row
-        boards.append(in_names_order)
+        boards.append([row for _, row in sorted(zip(order, rows, strict=True), key=itemgetter(0))])
         budgets.append(resolved.budget_s)
         yardsticks.append(resolved.retraining_s)
         orders.append([names[i] for i in order])
