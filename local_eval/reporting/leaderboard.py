@@ -681,14 +681,14 @@ def evaluate_methods(
             log(f"{prefix}one retraining timed again: {resolved.retraining_s:.2f} s, "
                 f"budget {resolved.budget_s:.3g} s per run")  # fmt: skip
         order = repeat_order(len(names), index, repeats)
+        orders.append([names[i] for i in order])
         rows, found = _one_board(
-            resolved, [names[i] for i in order], cache=cache, default=default,
+            resolved, orders[-1], cache=cache, default=default,
             run_timeout_s=run_timeout_s, progress=progress, prefix=prefix, log=log,
         )  # fmt: skip
         boards.append([row for _, row in sorted(zip(order, rows, strict=True), key=itemgetter(0))])
         budgets.append(resolved.budget_s)
         yardsticks.append(resolved.retraining_s)
-        orders.append([names[i] for i in order])
         if not shared and found is not None:
             shared, ceiling = found
     rows = [combine_repeats(list(per_method)) for per_method in zip(*boards, strict=True)]
