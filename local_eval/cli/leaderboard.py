@@ -12,9 +12,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import submission
-from local_eval.cli.options import build_parser, eval_config, reporting_errors, run_timeout
+from local_eval.cli.options import (
+    build_parser,
+    eval_config,
+    out_lock,
+    reporting_errors,
+    run_timeout,
+)
+from local_eval.common.journal import Journal
 from local_eval.common.provenance import versions
 from local_eval.reporting.leaderboard import (
+    board_identity,
     choose_methods,
     evaluate_methods,
     format_markdown,
@@ -25,6 +33,9 @@ from local_eval.reporting.leaderboard import (
 from local_eval.training.cache import ModelCache, default_cache_dir
 
 __all__ = ["main", "parser"]
+
+# In --out: each finished evaluation, kept for a resume (local_eval.common.journal).
+JOURNAL = ".progress"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -60,8 +71,6 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise ValueError(f"--repeats must be 1 or more, got {args.repeats}")
     given = eval_config(args)
     out = args.out or _default_out(given.dataset)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
     cache = ModelCache(args.cache_dir or default_cache_dir())
 
     def log(line: str) -> None:
@@ -69,38 +78,64 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             print(line, file=sys.stderr, flush=True)
 
     start = time.perf_counter()
-    # "auto" / "retime" resolved at each repeat's start, one budget for every method of it
-    rows, shared = evaluate_methods(
-        given,
-        names,
-        cache=cache,
-        default=submission.DEFAULT_METHOD,
-        run_timeout_s=run_timeout(args),
-        repeats=args.repeats,
-        progress=not args.quiet,
-        log=log,
-    )
-    setup = shared.get("setup", {})
-    device = setup.get("device", args.device)
-    meta = {
-        "title": _title(args, setup, given, shared),
-        "command": "python -m local_eval leaderboard " + shlex.join(argv),
-        "machine": machine(device),
-        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-        "kit_commit": versions()["kit_commit"],
-        "n_models": given.n_models,
-        "repeats": args.repeats,
-        "methods": names,
-        "default_method": submission.DEFAULT_METHOD,
-        "wall_s": time.perf_counter() - start,
-        "cache_dir": str(cache.root),
-        **shared,
-    }
-    ranked = rank(rows)
-    files = write_board(ranked, meta, out)
+    total = len(names) * args.repeats
+    with out_lock(out):
+        identity = board_identity(
+            given, names, repeats=args.repeats, run_timeout_s=run_timeout(args)
+        )
+        journal = Journal(out / JOURNAL, identity, what="leaderboard")
+        read_back = _evaluations(journal)
+        if read_back:
+            log(f"resuming the board in {out}: {read_back} of {total} evaluations read back "
+                f"(delete {out / JOURNAL} to run them again)")  # fmt: skip
+        else:
+            log(f"board: {out} (if it is interrupted, the same command with --out {out} "
+                "resumes it)")  # fmt: skip
+        try:
+            # "auto" / "retime" resolved at each repeat's start, one budget for every method of it
+            rows, shared = evaluate_methods(
+                given,
+                names,
+                cache=cache,
+                default=submission.DEFAULT_METHOD,
+                run_timeout_s=run_timeout(args),
+                repeats=args.repeats,
+                progress=not args.quiet,
+                log=log,
+                journal=journal,
+            )
+        except KeyboardInterrupt:
+            kept = _evaluations(journal)
+            print(f"interrupted: {kept} of {total} evaluations are kept in {out}; run the same "
+                  f"command with --out {out} to resume", file=sys.stderr)  # fmt: skip
+            return 130
+        setup = shared.get("setup", {})
+        device = setup.get("device", args.device)
+        meta = {
+            "title": _title(args, setup, given, shared),
+            "command": "python -m local_eval leaderboard " + shlex.join(argv),
+            "machine": machine(device),
+            "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+            "kit_commit": versions()["kit_commit"],
+            "n_models": given.n_models,
+            "repeats": args.repeats,
+            "methods": names,
+            "default_method": submission.DEFAULT_METHOD,
+            "wall_s": time.perf_counter() - start,  # this start's: a resumed board's is shorter
+            "resumed": {"read_back": read_back, "evaluations": total} if read_back else None,
+            "cache_dir": str(cache.root),
+            **shared,
+        }
+        ranked = rank(rows)
+        files = write_board(ranked, meta, out)
     print(format_markdown(ranked, meta), end="")
     print(f"\nwritten to {out}/: " + ", ".join(p.name for p in files))
     return 0
+
+
+def _evaluations(journal: Journal) -> int:
+    """How many (repeat, method) evaluations ``journal`` holds."""
+    return sum(1 for key in journal.keys() if key.startswith("row-"))
 
 
 def _title(args: argparse.Namespace, setup: dict, config, shared: dict) -> str:

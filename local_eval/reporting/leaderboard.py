@@ -56,6 +56,8 @@ from pathlib import Path
 import numpy as np
 
 from local_eval.common.errors import RunTimeout
+from local_eval.common.files import atomic_write_bytes
+from local_eval.common.journal import Journal
 from local_eval.reporting.report import (
     bootstrap_interval,
     build_report,
@@ -69,6 +71,7 @@ from local_eval.runs.pipeline import SubmissionError, resolve_budget, run_evalua
 __all__ = [
     "PRIVATE_LEADERBOARD",
     "Row",
+    "board_identity",
     "choose_methods",
     "combine_repeats",
     "competition_agreement",
@@ -82,6 +85,8 @@ __all__ = [
     "repeat_order",
     "repeat_summary",
     "resolution",
+    "row_from_record",
+    "row_record",
     "versus_leader",
     "write_board",
 ]
@@ -384,6 +389,14 @@ def format_markdown(ranked: Sequence[Row], meta: dict) -> str:
         + (" (the repeats' mean)" if _retimed_each(meta) else "")
         + f"; {meta.get('date', '?')}; kit commit {meta.get('kit_commit') or '?'}",
     ]
+    resumed = meta.get("resumed")
+    if resumed:
+        done, total = resumed["read_back"], resumed["evaluations"]
+        lines.append(
+            f"- resumed: {'all' if done == total else done} of its {total} evaluations read back "
+            "from an earlier start of the same command"
+            + ("" if done == total else ", the others run in this one")
+        )
     if setup:
         lines.append(
             f"- data: {setup.get('dataset')}, forget {setup.get('forget')} "
@@ -626,15 +639,17 @@ def plot(ranked: Sequence[Row], meta: dict, path: Path) -> None:
     ax.legend(fontsize=7, loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
 
 
 def write_board(ranked: Sequence[Row], meta: dict, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / name for name in FILES]
-    paths[0].write_text(format_markdown(ranked, {**meta, "plot": FILES[2]}))
-    paths[1].write_text(json.dumps(jsonable(to_json(ranked, meta)), indent=2) + "\n")
+    markdown = format_markdown(ranked, {**meta, "plot": FILES[2]})
+    atomic_write_bytes(paths[0], markdown.encode())
+    board = json.dumps(jsonable(to_json(ranked, meta)), indent=2) + "\n"
+    atomic_write_bytes(paths[1], board.encode())
     plot(ranked, meta, paths[2])
     return paths
 
@@ -652,6 +667,7 @@ def evaluate_methods(
     repeats: int = 1,
     progress: bool = True,
     log: Callable[[str], None] = lambda line: None,
+    journal: Journal | None = None,
 ) -> tuple[list[Row], dict]:
     """``repeats`` ``run_evaluation`` per method, board after board; returns one row per method
     (in ``names``' order, :func:`combine_repeats`) and the figures every method shares: the
@@ -669,6 +685,12 @@ def evaluate_methods(
     A method's failure (``SubmissionError``, a run still going after ``run_timeout_s``, a
     report that cannot be built, a NaN score) becomes a failed row. Any other error (bad
     data, bad device) ends the board.
+
+    ``journal``: where each finished evaluation (a repeat's budget, a method's row, the shared
+    figures) is kept as it finishes, and read back instead of being done again: a board
+    interrupted and started again with the same journal resumes, its repeats keeping the
+    budgets they were resolved to (the caller makes sure the journal is this board's:
+    :func:`board_identity`).
     """
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
@@ -676,15 +698,15 @@ def evaluate_methods(
     shared, ceiling = {}, None
     for index in range(repeats):
         prefix = f"repeat {index + 1}/{repeats}: " if repeats > 1 else ""
-        resolved = resolve_budget(config, cache=cache, progress=progress)
+        resolved = _repeat_budget(config, index, cache=cache, progress=progress, journal=journal)
         if resolved.retraining_s is not None:
             log(f"{prefix}one retraining timed again: {resolved.retraining_s:.2f} s, "
                 f"budget {resolved.budget_s:.3g} s per run")  # fmt: skip
         order = repeat_order(len(names), index, repeats)
         orders.append([names[i] for i in order])
         rows, found = _one_board(
-            resolved, orders[-1], cache=cache, default=default,
-            run_timeout_s=run_timeout_s, progress=progress, prefix=prefix, log=log,
+            resolved, orders[-1], cache=cache, default=default, run_timeout_s=run_timeout_s,
+            progress=progress, prefix=prefix, log=log, journal=journal, repeat=index,
         )  # fmt: skip
         boards.append([row for _, row in sorted(zip(order, rows, strict=True), key=itemgetter(0))])
         budgets.append(resolved.budget_s)
@@ -715,11 +737,36 @@ def repeat_order(count: int, index: int, repeats: int) -> list[int]:
     return [(shift + i) % count for i in range(count)]
 
 
-def _one_board(config, names, *, cache, default, run_timeout_s, progress, prefix, log):
+def _repeat_budget(config, index, *, cache, progress, journal):
+    """``config`` with repeat ``index``'s budget resolved (:func:`resolve_budget`), or read
+    back from ``journal`` if that repeat was started before (a resumed repeat keeps the
+    budget its first methods ran under)."""
+    key = f"budget-{index}"
+    kept = None if journal is None else journal.get(key)
+    if kept is not None:
+        return replace(config, budget_s=kept["budget_s"], retraining_s=kept["retraining_s"])
+    resolved = resolve_budget(config, cache=cache, progress=progress)
+    if journal is not None:
+        journal.put(key, {"budget_s": resolved.budget_s, "retraining_s": resolved.retraining_s})
+    return resolved
+
+
+def _one_board(
+    config, names, *, cache, default, run_timeout_s, progress, prefix, log, journal=None, repeat=0
+):
     """Every method once: its rows, and (shared figures, ceiling scores) from the first
-    method that scored (``None`` if none did)."""
+    method that scored (``None`` if none did). With a ``journal``, a method evaluated before
+    in this repeat is read back, and each new evaluation is kept as it finishes."""
     rows, found = [], None
     for i, name in enumerate(names, start=1):
+        key = f"row-{repeat}-{name}"
+        kept = None if journal is None else journal.get(key)
+        if kept is not None:
+            rows.append(row_from_record(kept))
+            if found is None and not rows[-1].failed:
+                found = _found_from_record(journal.get("shared"))
+            log(f"{prefix}[{i}/{len(names)}] {name}: {_said(rows[-1])} (read back)")
+            continue
         start = time.perf_counter()
         method = with_time_limit(load_unlearning(method=name), run_timeout_s)
         failed = partial(Row, name, default=name == default)
@@ -740,13 +787,72 @@ def _one_board(config, names, *, cache, default, run_timeout_s, progress, prefix
                 else:
                     if found is None:
                         found = (_shared(result, report), ceiling_example_scores(result.signals))
+                        if journal is not None and journal.get("shared") is None:
+                            journal.put("shared", _found_record(found))  # before any scored row
                 rows.append(row)
         notes = distinct_notes([one_line(w.message) for w in caught if _from_method(w)])
         rows[-1] = replace(rows[-1], notes=notes)
-        row = rows[-1]
-        what = f"failed: {row.error}" if row.failed else f"score {row.score:.3f}"
-        log(f"{prefix}[{i}/{len(names)}] {name}: {what} ({time.perf_counter() - start:.1f} s)")
+        if journal is not None:
+            journal.put(key, row_record(rows[-1]))
+        log(f"{prefix}[{i}/{len(names)}] {name}: {_said(rows[-1])} "
+            f"({time.perf_counter() - start:.1f} s)")  # fmt: skip
     return rows, found
+
+
+def _said(row: Row) -> str:
+    return f"failed: {row.error}" if row.failed else f"score {row.score:.3f}"
+
+
+# --------------------------------------------------------------------------------------
+# Resuming (what a board keeps of its finished evaluations: local_eval.common.journal)
+# --------------------------------------------------------------------------------------
+def board_identity(config, names: Sequence[str], *, repeats: int, run_timeout_s) -> dict:
+    """What must match for a journal's evaluations to be reused by a board: the evaluation's
+    settings, as given (an ``auto`` or ``retime`` budget before it is resolved), the methods
+    in their order (it sets each repeat's rotation), the repeats, the runs' time limit and
+    the kit's commit (other code would be other evaluations)."""
+    from local_eval.common.provenance import versions
+
+    return jsonable(
+        {
+            **asdict(config),  # one key per setting, so a refusal names the one that differs
+            "methods": list(names),
+            "repeats": repeats,
+            "run_timeout_s": run_timeout_s,
+            "kit_commit": versions()["kit_commit"],
+        }
+    )
+
+
+def row_record(row: Row) -> dict:
+    """``row`` as JSON, whole (its per-example scores too), for :func:`row_from_record`."""
+    record = asdict(row)
+    if row.example_scores is not None:
+        record["example_scores"] = np.asarray(row.example_scores, dtype=float).tolist()
+    return jsonable(record)
+
+
+def row_from_record(record: dict) -> Row:
+    """The :class:`Row` that :func:`row_record` wrote, equal to it to the last bit."""
+    values = dict(record)
+    if values["score_ci95"] is not None:
+        values["score_ci95"] = tuple(values["score_ci95"])
+    values["notes"] = tuple(values["notes"])
+    values["repeat_scores"] = tuple(values["repeat_scores"])
+    if values["example_scores"] is not None:
+        values["example_scores"] = np.asarray(values["example_scores"], dtype=float)
+    return Row(**values)
+
+
+def _found_record(found: tuple[dict, np.ndarray]) -> dict:
+    shared, ceiling = found
+    return jsonable({"shared": shared, "ceiling": np.asarray(ceiling, dtype=float).tolist()})
+
+
+def _found_from_record(record: dict | None) -> tuple[dict, np.ndarray] | None:
+    if record is None:
+        return None
+    return record["shared"], np.asarray(record["ceiling"], dtype=float)
 
 
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")

@@ -320,6 +320,36 @@ def test_a_fixed_budget_is_the_same_for_every_repeat(monkeypatch):
     assert "the repeats' mean" not in text and "timed again" not in text
 
 
+def test_a_row_reads_back_from_its_record_to_the_last_bit():
+    points = np.array([1 / 3, 0.1 + 0.2, 2.5e-17, 0.0])
+    row = scored("relearn", 0.1 + 0.2, 1 / 7, 0.9, default=True, notes=("only 58 of 65 steps",),
+                 example_scores=points, repeat_scores=(0.1, 0.5))  # fmt: skip
+    back = leaderboard.row_from_record(json.loads(json.dumps(leaderboard.row_record(row))))
+    assert back == row  # every field but the per-example scores (not compared by Row's ==)
+    assert back.example_scores.tobytes() == points.tobytes()
+    assert isinstance(back.score_ci95, tuple) and isinstance(back.notes, tuple)
+    failed = Row("zz", error="deliberately broken", notes=("a warning",))
+    assert leaderboard.row_from_record(leaderboard.row_record(failed)) == failed
+
+
+def test_a_resumed_board_keeps_the_budgets_its_repeats_were_resolved_to(tmp_path, monkeypatch):
+    from local_eval.common.journal import Journal
+
+    timed = iter([5.0, 6.0, 7.0, 8.0])
+    monkeypatch.setattr(leaderboard, "resolve_budget", lambda config, **kw: dataclasses.replace(
+        config, budget_s=0.2 * (t := next(timed)), retraining_s=t))  # fmt: skip
+    monkeypatch.setattr(leaderboard, "_one_board", lambda config, names, **kw: (
+        [scored(n, config.budget_s, 0, 2) for n in names], None))  # fmt: skip
+    journal = Journal(tmp_path, {"board": 1})
+    given = EvalConfig(budget_s="retime")
+    _, first = evaluate_methods(given, ["a", "b"], cache=None, repeats=2, journal=journal)
+    assert first["repeat_summary"]["retraining_s"] == [5.0, 6.0]
+    # started again: no retraining timed again, each repeat under the budget it had
+    _, again = evaluate_methods(given, ["a", "b"], cache=None, repeats=2, journal=journal)
+    assert again["repeat_summary"] == first["repeat_summary"]
+    assert next(timed) == 7.0
+
+
 def test_markdown_lists_method_notes():
     ranked = [scored("a", 0.3, 0.2, 0.4, notes=("fisher on 8 samples",))]
     assert "- `a`: fisher on 8 samples" in format_markdown(ranked, {})
@@ -398,7 +428,11 @@ def test_board_lists_every_registered_method_and_failures(tmp_path, monkeypatch,
         "leaderboard.md",
         "leaderboard.json",
         "leaderboard.png",
+        ".progress",  # each evaluation as it finished, for a resume
     }
+    kept = {p.stem for p in (out / ".progress").iterdir()}
+    assert kept == {"identity", "budget-0", "shared", *(f"row-0-{m}" for m in registered),
+                    "row-0-zz_raises", "row-0-zz_nan", "row-0-zz_hangs"}  # fmt: skip
     board = json.loads((out / "leaderboard.json").read_text())
     rows = {r["method"]: r for r in board["rows"]}
     assert set(rows) == {*registered, "zz_raises", "zz_nan", "zz_hangs"}
@@ -455,6 +489,77 @@ def test_a_repeated_board_ranks_by_the_mean_of_its_repeats(tmp_path, capsys):
     assert board["rows"][0]["score"] >= board["rows"][1]["score"]
     markdown = (out / "leaderboard.md").read_text()
     assert "per repeat" in markdown and "Repeats: 2 evaluations" in markdown
+
+
+@pytest.mark.slow
+def test_an_interrupted_board_resumes_to_the_board_it_would_have_been(tmp_path, monkeypatch,
+                                                                      capsys):  # fmt: skip
+    # no budget: each method's full recipe, so two evaluations agree but for their seconds
+    argv = ["leaderboard", "--methods", "finetune,bad_teacher", "--repeats", "2", "--n-models",
+            "3", "--budget-s", "none", "--epochs", "2", "--workers", "1", "--quiet",
+            "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    evaluate, calls = leaderboard.run_evaluation, []
+
+    def interrupted_at_the_third(config, method, **kw):
+        calls.append(config)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return evaluate(config, method, **kw)
+
+    monkeypatch.setattr(leaderboard, "run_evaluation", interrupted_at_the_third)
+    out = tmp_path / "resumed"
+    capsys.readouterr()
+    assert main([*argv, "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted: 2 of 4 evaluations are kept in {out}" in err
+    assert f"--out {out} to resume" in err
+    assert not (out / "leaderboard.json").exists()
+    calls.clear()
+
+    def counted(config, method, **kw):
+        calls.append(config)
+        return evaluate(config, method, **kw)
+
+    monkeypatch.setattr(leaderboard, "run_evaluation", counted)
+    assert main([*argv, "--out", str(out)]) == 0
+    assert len(calls) == 2  # only the two evaluations the interruption had not finished
+    whole, resumed = (json.loads((tmp_path / n / "leaderboard.json").read_text())
+                      for n in ("whole", "resumed"))  # fmt: skip
+    timing = {"seconds_per_run", "ratio_to_retraining"}
+    for a, b in zip(whole["rows"], resumed["rows"], strict=True):
+        assert {k: v for k, v in a.items() if k not in timing} == {
+            k: v for k, v in b.items() if k not in timing
+        }
+    for key in ("resolution", "setup", "repeat_summary", "budget_s"):
+        assert resumed[key] == whole[key]
+    assert whole["resumed"] is None
+    assert resumed["resumed"] == {"read_back": 2, "evaluations": 4}
+    assert "- resumed: 2 of its 4 evaluations read back" in (out / "leaderboard.md").read_text()
+    # once finished, the same command again evaluates nothing and writes the same board
+    calls.clear()
+    assert main([*argv, "--out", str(out)]) == 0
+    assert calls == []
+    assert json.loads((out / "leaderboard.json").read_text())["rows"] == resumed["rows"]
+
+
+def test_a_board_folder_of_other_settings_is_refused_before_any_work(tmp_path, monkeypatch,
+                                                                     capsys):  # fmt: skip
+    from local_eval.cli.leaderboard import JOURNAL
+    from local_eval.common.journal import Journal
+
+    out = tmp_path / "board"
+    names = ["finetune", "relearn"]
+    started = EvalConfig(n_models=32, budget_s="retime")
+    Journal(out / JOURNAL, leaderboard.board_identity(
+        started, names, repeats=1, run_timeout_s="per budget"))  # fmt: skip
+    monkeypatch.setattr(leaderboard, "run_evaluation", lambda *a, **kw: pytest.fail("ran"))
+    argv = ["leaderboard", "--methods", ",".join(names), "--budget-s", "retime", "--out", str(out),
+            "--cache-dir", str(tmp_path / "cache"), "--quiet"]  # fmt: skip
+    assert main([*argv, "--n-models", "64"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a leaderboard started with other settings (n_models: 32 there, 64 now)" in err
+    assert not (tmp_path / "cache").exists()
 
 
 def test_the_board_refuses_fewer_than_one_repeat(tmp_path, capsys):
