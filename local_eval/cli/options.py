@@ -87,9 +87,9 @@ RUN_OPTIONS = (
         "budget_s",
         "seconds per unlearning run, passed as budget_s to methods that take it: auto (the "
         "default: the competition's rule, 20%% of one retraining as measured on the "
-        "original's own training), retime (the same, with that training timed again now, by "
-        "the leaderboard before each repeat: for a machine whose speed drifts, at the cost "
-        "of one more training each time), a number, or "
+        "original's own training), retime (the same, with that training timed again now, "
+        "three times, the median taken; by the leaderboard before each repeat: for a machine "
+        "whose speed drifts, at the cost of three more trainings each time), a number, or "
         "none (each method's full recipe)",
         lambda text: budget_value(text),
     ),

@@ -676,11 +676,11 @@ def evaluate_methods(
 
     A budget rule in ``config`` (``"auto"``, ``"retime"``) is resolved at the start of every
     repeat (:func:`~local_eval.runs.pipeline.resolve_budget`): with ``"retime"`` one
-    retraining is timed again before each repeat, and that repeat's runs get 20% of it, so a
-    machine that drifts over a long board is measured minutes, not the whole board, before
-    the runs it budgets. Each repeat takes the methods in its own rotation of ``names``
-    (:func:`repeat_order`), so no method always runs last, in the hottest stretch of the
-    repeat.
+    retraining is timed again before each repeat (the median of three timings), and that
+    repeat's runs get 20% of it, so a machine that drifts over a long board is measured
+    minutes, not the whole board, before the runs it budgets. Each repeat takes the methods
+    in its own rotation of ``names`` (:func:`repeat_order`), so no method always runs last,
+    in the hottest stretch of the repeat.
 
     A method's failure (``SubmissionError``, a run still going after ``run_timeout_s``, a
     report that cannot be built, a NaN score) becomes a failed row. Any other error (bad

@@ -127,7 +127,8 @@ def _time_figures(run_s: np.ndarray, signals: EvalSignals) -> dict:
         "unlearning_s_max": float(np.max(run_s)),
         "retraining_s": retrain_s,
         "retraining_s_what": "the original's own training (the auto budget's base; with "
-        "the retime budget, that training timed again at the evaluation's start)",
+        "the retime budget, the median of three timings of that training done again at the "
+        "evaluation's start)",
         "references_s_mean": float(np.mean(signals.retrained.seconds)),
     }
     if not np.isfinite(run_s).all():  # scored checkpoints without a manifest: no seconds

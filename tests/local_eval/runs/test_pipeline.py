@@ -299,14 +299,15 @@ def test_a_retimed_budget_times_the_originals_training_again_and_is_the_yardstic
     loaded = LoadedMethod(records_its_budget, "test:budget", accepts_budget=True)
     config = EvalConfig(n_models=2, recipe_overrides={"epochs": 1}, workers=1, threads=1)
     cache = ModelCache(tmp_path)
-    cold = run_evaluation(  # the original trained now: timed once, not twice
+    cold = run_evaluation(  # the original trained now: its training one of the timings
         dataclasses.replace(config, budget_s=RETIME_BUDGET), loaded, cache=cache, progress=False
     )
     metas = {p.name: json.loads((p / "meta.json").read_text()) for p in tmp_path.iterdir()
              if (p / "meta.json").exists()}  # fmt: skip
     [key] = [k for k, m in metas.items() if '"original"' in json.dumps(m)]
     cached = cache.load(key, model_seed(0, "original", 0)).seconds
-    assert cold.config.retraining_s == cached
+    assert cold.config.retraining_s > 0
+    assert cold.config.budget_s == pytest.approx(CUTOFF * cold.config.retraining_s)
     assert cold.trained["original"] == 2  # the original and the floor's second model
 
     warm = run_evaluation(
@@ -321,6 +322,31 @@ def test_a_retimed_budget_times_the_originals_training_again_and_is_the_yardstic
     assert warm.trained["original"] == 0  # the retiming is not a model of the evaluation
     again = resolve_budget(dataclasses.replace(config, budget_s=RETIME_BUDGET), cache=cache)
     assert again.budget_s == pytest.approx(CUTOFF * again.retraining_s)
+
+
+def test_a_retimed_budget_takes_the_median_timing_so_one_slow_training_does_not_set_it(
+    tmp_path, monkeypatch
+):
+    from local_eval.runs import pipeline
+    from local_eval.runs.pipeline import RETIME_BUDGET, RETIME_TIMINGS, resolve_budget
+
+    config = EvalConfig(n_models=2, recipe_overrides={"epochs": 1}, workers=1, threads=1)
+    cache = ModelCache(tmp_path)
+    resolve_budget(config, cache=cache, progress=False)  # the original, trained and cached
+    train, timings, calls = pipeline._ModelSource._train_many, iter([0.5, 9.0, 0.6]), []
+
+    def timed(self, jobs, **kw):  # the real training, its seconds replaced by the ones above
+        calls.append(list(jobs))
+        for job, (record, weights) in train(self, jobs, **kw):
+            yield job, (dataclasses.replace(record, seconds=next(timings)), weights)
+
+    monkeypatch.setattr(pipeline._ModelSource, "_train_many", timed)
+    retimed = resolve_budget(dataclasses.replace(config, budget_s=RETIME_BUDGET), cache=cache)
+    trainings = [jobs for jobs in calls if jobs]  # (the cache's lookup asks for nothing)
+    assert RETIME_TIMINGS == 3 and len(trainings) == 3  # one per call, one after another
+    assert all(len(jobs) == 1 and jobs[0][0] == "original" for jobs in trainings)
+    assert retimed.retraining_s == 0.6  # not 9.0, the slow one, nor the mean 3.37
+    assert retimed.budget_s == pytest.approx(0.12)
 
 
 @pytest.mark.parametrize("bad", ["fast", -1.0, 0.0, float("nan")])
