@@ -79,10 +79,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     start = time.perf_counter()
     total = len(names) * args.repeats
+    timeout = run_timeout(args)
     with out_lock(out):
-        identity = board_identity(
-            given, names, repeats=args.repeats, run_timeout_s=run_timeout(args)
-        )
+        identity = board_identity(given, names, repeats=args.repeats, run_timeout_s=timeout)
         journal = Journal(out / JOURNAL, identity, what="leaderboard")
         read_back = _evaluations(journal)
         if read_back:
@@ -98,7 +97,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 names,
                 cache=cache,
                 default=submission.DEFAULT_METHOD,
-                run_timeout_s=run_timeout(args),
+                run_timeout_s=timeout,
                 repeats=args.repeats,
                 progress=not args.quiet,
                 log=log,
