@@ -104,7 +104,7 @@ REGIMES = ("auto", "reset", "perturb")
 RESET_STEP_FORWARDS = 4.0
 
 
-HELD_OUT_EXAMPLES = 256  # validation examples median_logodds reads (at most): 1-6 ms on CPU
+HELD_OUT_EXAMPLES = 256  # validation examples median_logodds reads (at most): one forward pass
 
 
 SHRINK_PERTURB_DEFAULTS = {
