@@ -187,6 +187,13 @@ class Schedule:
             group["lr"] = base * factor
         self.done += 1
 
+    def scale_base(self, factor: float) -> None:
+        """Multiplies the base rates by ``factor``, the rate of the step under way included
+        (for a rate that is only known once the loop has timed its first steps)."""
+        self.base = [base * factor for base in self.base]
+        for group in self.optimizer.param_groups:
+            group["lr"] *= factor
+
 
 class TrainLoop:
     """Runs a method's phases within one deadline; see the module docstring.

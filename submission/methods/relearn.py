@@ -25,7 +25,8 @@ runs one of two regimes:
   original is saturated): a network redrawn that far cannot relearn its task in so few steps,
   or not to the confidence the retrained models have, so the run is ``shrink_perturb``
   with its defaults (its weights kept, a fresh draw mixed in sized by the epochs that fit,
-  fine-tuned on retain; ``perturb`` and ``perturb_lr`` are its ``perturb`` and ``lr``).
+  fine-tuned on retain at a rate sized by them too; ``perturb`` and ``perturb_lr`` are its
+  ``perturb`` and ``lr``).
 
 The estimate costs two forwards and no step, so neither regime spends its budget on the choice.
 It errs towards "reset fits" (the optimizer's update is not counted; the training steps
@@ -61,8 +62,9 @@ docs/leaderboard.md do not use) within the range the competition's teams used fo
 ResNet-18s (2e-4 to 1e-3): lower rates left the runs less accurate than the retrained models,
 higher ones made them more confident than the retrained models on the forget set and closer
 together. ``distill_weight`` 0.25 scored best of 0, 0.25, 0.5 and 1 there (why a little of the
-teacher helps and more hurts was not established). ``perturb_lr`` and the perturbation rule are
-``shrink_perturb``'s (chosen on digits with random forgetting). ``reset_from_epochs`` 1.5 lies
+teacher helps and more hurts was not established). ``perturb_lr`` and the perturbation and
+rate rules are ``shrink_perturb``'s (chosen on digits with random forgetting).
+``reset_from_epochs`` 1.5 lies
 between the two settings it was chosen for (20% of one retraining fits about 1 epoch of the
 random board's reset steps, 2-3 of the competition-shaped setting's), nearer the first: each
 run measures the epochs that fit, and a slow stretch of the machine only lowers them, so a

@@ -69,6 +69,16 @@ def test_schedule_runs_its_whole_shape_over_the_shortened_run():
     assert lrs == sorted(lrs, reverse=True)
 
 
+def test_schedule_scale_base_scales_this_step_and_every_later_one():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    schedule = Schedule(opt, cosine, planned_steps=4)
+    schedule.before_step(1.0)  # step 0, set before its rate was known
+    schedule.scale_base(0.5)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
+    schedule.before_step(1.0)  # step 1 of 4: cosine(0.25) of the halved base
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05 * cosine(0.25))
+
+
 def test_unlimited_loop_runs_every_step():
     seen = []
     loop = TrainLoop(Deadline(None), planned_steps=7)

@@ -25,7 +25,7 @@ from submission.methods.fisher_forgetting import (
     FisherSubsampleWarning,
     noise_variance,
 )
-from submission.methods.shrink_perturb import auto_perturb, shrink_and_perturb
+from submission.methods.shrink_perturb import auto_perturb, rate_scale, shrink_and_perturb
 from submission.methods.svd_projection import forget_projection, scaled_projector
 from submission.methods.svd_projection import projection_seconds_per_cube as svd_projection_rate
 
@@ -424,6 +424,13 @@ def test_auto_perturb_grows_with_the_epochs_of_relearning():
     assert auto_perturb(1e6) == 1.0  # never more than a whole fresh draw
 
 
+def test_rate_scale_follows_the_square_root_of_the_epochs_up_to_two():
+    assert rate_scale(2.0) == 1.0 and rate_scale(5.0) == 1.0  # the whole lr from 2 epochs on
+    assert rate_scale(0.5) == pytest.approx(0.5)
+    assert rate_scale(1.0) == pytest.approx(math.sqrt(0.5))  # 3e-3 -> 2.1e-3
+    assert rate_scale(0.0) == 0.0 and rate_scale(-1.0) == 0.0
+
+
 def spy_on_perturbation(monkeypatch, net):
     """Record each perturbation's size and how many forward passes ran before it."""
     forwards, calls = [0], []
@@ -466,6 +473,41 @@ def test_shrink_perturb_sizes_its_noise_by_the_epochs_that_fit(monkeypatch):
     calls = spy_on_perturbation(monkeypatch, net)
     METHODS["shrink_perturb"](net, loader, loader, loader, epochs=1, perturb=0.3)
     assert calls == [(0, 0.3)]
+
+
+def test_shrink_perturb_sizes_its_rate_by_the_epochs_that_fit(monkeypatch):
+    images, labels = make_data(64, seed=1)
+    loader = make_loader(images, labels, form="tuple", batch_size=16)
+    epochs_seen = []
+
+    def no_rate(epochs):  # a rate of 0 after the perturbation: the weights must stay put
+        epochs_seen.append(epochs)
+        return 0.0
+
+    monkeypatch.setattr(shrink_perturb_module, "rate_scale", no_rate)
+
+    def run(**kwargs):
+        net = make_net(0)
+        perturbed = []
+        real = shrink_perturb_module.shrink_and_perturb
+
+        def keep(model, **sizes):
+            real(model, **sizes)
+            perturbed.append([p.detach().clone() for p in model.parameters()])
+
+        monkeypatch.setattr(shrink_perturb_module, "shrink_and_perturb", keep)
+        seed_everything(0)
+        METHODS["shrink_perturb"](net, loader, loader, loader, **kwargs)
+        (after_perturbation,) = perturbed
+        pairs = zip(after_perturbation, net.parameters(), strict=True)
+        return [torch.equal(a, p) for a, p in pairs]
+
+    # a budget that fits a small share of 2000 planned epochs: scaled by the epochs that fit
+    assert all(run(epochs=2000, budget_s=0.5))
+    assert len(epochs_seen) == 1 and 0.0 < epochs_seen[0] < 1000
+    # no budget: scaled by the planned epochs; scale_lr=False keeps the whole lr
+    assert all(run(epochs=3)) and epochs_seen[1:] == [3.0]
+    assert not any(run(epochs=3, scale_lr=False)) and len(epochs_seen) == 2
 
 
 def test_shrink_perturb_warns_when_the_budget_leaves_no_relearning():

@@ -145,7 +145,9 @@ def spy_on_damage(monkeypatch):
     return calls
 
 
-SHRINK_PERTURB = {"shrink": 1.0, "epochs": 2, "warmup": 0.25, "weight_decay": 0.0, "lr": 3e-3}
+SHRINK_PERTURB = {
+    "shrink": 1.0, "epochs": 2, "warmup": 0.25, "weight_decay": 0.0, "lr": 3e-3, "scale_lr": True
+}
 
 
 def test_auto_chooses_by_the_epochs_that_fit(monkeypatch):
