@@ -27,6 +27,10 @@ perfect unlearner would not be told apart from the runner-up on these forget exa
 leader can clear the paired interval over it at this N: the verdict says so, rather than
 leaving "not told apart" to read as a tie between the two methods.
 
+The default (:func:`default_vs_entries`): the kit's default method against each competition
+entry, by the same paired interval, whoever leads the board (a kit method that scores the
+same computation can head it by a hair), and whether its lead clears 0 over all of them.
+
 Repeats (``--repeats R``): the budget is wall-clock time, so the steps a method fits, and its
 score, differ between two evaluations of the same method on the same references and run
 seeds. With R > 1 every method is evaluated R times, board after board (a slow stretch of the
@@ -353,6 +357,33 @@ def competition_agreement(ranked: Sequence[Row]) -> dict | None:
     }
 
 
+def default_vs_entries(ranked: Sequence[Row], *, seed: int = 0) -> dict | None:
+    """The kit's default against the competition's entries: its paired 95% interval of
+    (default's score - entry's score) over each scored entry, the best entry's first, and
+    whether the lead clears 0 over all of them (the issue's test of a default, which a board
+    led by another kit method does not show in its leader column). ``None`` without a scored
+    default, a scored entry, or per-example scores."""
+    default = next((r for r in ranked if r.default and not r.failed), None)
+    entries = [r for r in ranked if not r.failed and r.method in PRIVATE_LEADERBOARD]
+    if default is None or not entries or default.example_scores is None:
+        return None
+    if any(r.example_scores is None for r in entries):
+        return None
+    leads = [
+        {
+            "entry": r.method,
+            "lead": default.score - r.score,
+            "ci95": paired_bootstrap(default.example_scores, r.example_scores, seed=seed),
+        }
+        for r in entries  # ranked: the best-scoring entry first
+    ]
+    return {
+        "default": default.method,
+        "leads": leads,
+        "holds_over_every_entry": all(lead["ci95"][0] > 0.0 for lead in leads),
+    }
+
+
 def _agreement_line(ranked: Sequence[Row]) -> str | None:
     agreement = competition_agreement(ranked)
     if agreement is None:
@@ -555,7 +586,23 @@ def _default_line(ranked: Sequence[Row], default: Row) -> str:
     if default.failed:
         return f"The kit's default method `{default.method}` failed here."
     place = [r.method for r in ranked if not r.failed].index(default.method) + 1
-    return f"The kit's default method `{default.method}` ranks {place}."
+    line = f"The kit's default method `{default.method}` ranks {place}."
+    against = default_vs_entries(ranked)
+    if against is None:
+        return line
+    best, n = against["leads"][0], len(against["leads"])
+    low, high = best["ci95"]
+    holds = against["holds_over_every_entry"]
+    if n == 1:
+        which = "the one entry scored"
+    else:
+        which = f"all {n} entries scored" if holds else f"every one of the {n} entries scored"
+    verdict = f"its paired lead {'clears' if holds else 'does not clear'} 0 over {which}"
+    return (
+        f"{line} Against the best-scoring competition entry, `{best['entry']}`: "
+        f"{best['lead']:+.3f} [{low:+.3f}, {high:+.3f}] (the default's score minus the "
+        f"entry's, paired 95% interval); {verdict}."
+    )
 
 
 def _escape(text: str | None) -> str:
@@ -585,6 +632,7 @@ def to_json(ranked: Sequence[Row], meta: dict) -> dict:
         "lead_holds_beyond_ci": lead_holds(ranked),
         "lead_holds_paired": lead_holds_paired(ranked),
         "competition_agreement": competition_agreement(ranked),
+        "default_vs_entries": default_vs_entries(ranked),
         "rows": rows,
     }
 

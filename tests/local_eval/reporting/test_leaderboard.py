@@ -17,6 +17,7 @@ from local_eval.reporting.leaderboard import (
     Row,
     combine_repeats,
     competition_agreement,
+    default_vs_entries,
     distinct_notes,
     evaluate_methods,
     format_markdown,
@@ -31,6 +32,7 @@ from local_eval.reporting.leaderboard import (
     to_json,
     versus_leader,
 )
+from local_eval.reporting.report import paired_bootstrap
 from local_eval.runs.pipeline import EvalConfig
 
 
@@ -590,6 +592,40 @@ def test_agreement_with_the_private_leaderboard_on_fixed_rows():
     assert "orders 6 of the 8 re-implemented entries (`prune_reinit`, `noise_injection` not " \
         "scored) with Spearman's rho 0.66 and Kendall's tau 0.47" in markdown  # fmt: skip
     assert to_json(ranked, {})["competition_agreement"] == agreement
+
+
+def test_the_default_is_judged_against_every_entry_paired_whoever_leads():
+    def row(name, values, **kw):
+        values = np.asarray(values, dtype=np.float64)
+        mean = float(values.mean())
+        return scored(name, mean, mean - 0.1, mean + 0.1, example_scores=values, **kw)
+
+    n = 20
+    default = row("mine", [0.3] * n, default=True)
+    steady = row("forget_free", [0.25] * n)  # the best entry: always 0.05 below the default
+    wide = row("noisy_weights", [-0.8, 1.2] * (n // 2))  # lower on average, all over the place
+    ranked = rank([row("shrink_perturb", [0.31] * n), default, steady, wide])
+    against = default_vs_entries(ranked)
+    assert against["default"] == "mine"
+    assert [lead["entry"] for lead in against["leads"]] == ["forget_free", "noisy_weights"]
+    best, other = against["leads"]
+    assert best["lead"] == pytest.approx(0.05) and best["ci95"] == pytest.approx((0.05, 0.05))
+    assert other["lead"] == pytest.approx(0.1)
+    assert other["ci95"] == paired_bootstrap(default.example_scores, wide.example_scores)
+    assert other["ci95"][0] < 0 < other["ci95"][1]  # wide: its paired interval straddles 0
+    assert against["holds_over_every_entry"] is False
+    text = format_markdown(ranked, {"title": "t"})
+    assert (
+        "The kit's default method `mine` ranks 2. Against the best-scoring competition entry, "
+        "`forget_free`: +0.050 [+0.050, +0.050] (the default's score minus the entry's, paired "
+        "95% interval); its paired lead does not clear 0 over every one of the 2 entries scored."
+    ) in text
+    assert to_json(ranked, {})["default_vs_entries"] == against
+    # without the wide entry it clears over all; without entries there is nothing to judge
+    clear = rank([default, steady])
+    assert default_vs_entries(clear)["holds_over_every_entry"] is True
+    assert "its paired lead clears 0 over the one entry scored" in format_markdown(clear, {})
+    assert default_vs_entries(rank([default, row("shrink_perturb", [0.31] * n)])) is None
 
 
 def test_no_agreement_is_claimed_from_fewer_than_three_entries():
