@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from bench import batched_training, evaluator, metric, resnet18, scale
+from bench import batched_training, evaluator, metric, reset_step, resnet18, scale
 from local_eval.common.files import atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +45,7 @@ SIZES = {  # (full, quick)
     "resnet18": ({"gpu_workers": 4}, {"images": 128, "epochs": 1, "gpu_workers": 2}),
     # one original of the competition-shaped setting (seconds on a CPU): the same both ways
     "setting": ({}, {}),
+    "reset_step": ({"batch": 64, "repeats": 20}, {"batch": 8, "repeats": 3}),
 }
 
 
@@ -198,6 +199,23 @@ def run_setting(size: dict) -> list[tuple[str, str]]:
     ]  # fmt: skip
 
 
+def run_reset_step(size: dict) -> list[tuple[str, str]]:
+    res = reset_step.run(**size)
+    rows = [
+        ("device, batch", f"{res['device']}, {res['batch']}"),
+        ("relearn counts a reset step as (forwards)", f"{res['counted_as']:g}"),
+    ]
+    for row in res["rows"]:
+        rows.append(
+            (
+                f"{row['arch']} {row['shape']}: forward / reset step ms, step in forwards",
+                f"{1e3 * row['forward_s']:.2f} / {1e3 * row['step_s']:.2f}, "
+                f"{row['forwards_per_step']:.1f}",
+            )
+        )
+    return rows
+
+
 RUNNERS = {
     "metric": run_metric,
     "evaluator": run_evaluator,
@@ -206,6 +224,7 @@ RUNNERS = {
     "scale": run_scale,
     "resnet18": run_resnet18,
     "setting": run_setting,
+    "reset_step": run_reset_step,
 }
 
 # One sentence per benchmark for the Markdown page: what it measures, and what its ratio is
@@ -253,6 +272,12 @@ DESCRIPTIONS = {
         "The competition-shaped CPU setting (`local_eval.runs.competition`): the shape of its "
         "forget set, its original's accuracies and the relearning a 20% budget affords, each "
         "beside the competition's figure (`../shared/spec/kaggle.md`); there is no ratio."
+    ),
+    "reset_step": (
+        "One step of `relearn`'s reset regime (`relearn.reset_step`: forward, backward, Adam "
+        "update and the teacher's forward) against one eval-mode forward, per model at the "
+        "shape it is used on: the ratio's baseline is the forward, timed in the same run, and "
+        "it is read against the forwards `relearn` counts a step as when it chooses its regime."
     ),
 }
 

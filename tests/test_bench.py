@@ -43,6 +43,7 @@ def test_quick_bench_runs_every_benchmark_and_prints_its_figures(tmp_path):
         "scale",
         "resnet18",
         "setting",
+        "reset_step",
     }
     # the figures are numbers (timings vary; that they exist and parse is what is checked)
     for key in [
@@ -75,6 +76,12 @@ def test_quick_bench_runs_every_benchmark_and_prints_its_figures(tmp_path):
     assert rows[("setting", "relearning epochs at 20% of one retraining (competition)")].endswith(
         "of 30 (6 of 30)"
     )
+    # a reset step against a forward, for each model at its shape, beside relearn's constant
+    assert rows[("reset_step", "relearn counts a reset step as (forwards)")] == "4"
+    for model in ("smallcnn 1x8x8", "resnet18_narrow 1x8x8", "resnet18 3x32x32"):
+        times, forwards = rows[("reset_step", f"{model}: forward / reset step ms, step in "
+                                "forwards")].split(", ")  # fmt: skip
+        assert all(float(t) > 0 for t in times.split(" / ")) and float(forwards) > 0
     # every row was also printed as soon as its benchmark finished
     assert [tuple(pair) for pair in streamed] == list(rows)
     # and the page holds the same rows, one section per benchmark, marked as a smoke run
@@ -89,6 +96,7 @@ def test_quick_bench_runs_every_benchmark_and_prints_its_figures(tmp_path):
         "scale",
         "resnet18",
         "setting",
+        "reset_step",
     ]
     for (name, what), value in rows.items():
         assert f"| {what} | {value} |" in text, (name, what)

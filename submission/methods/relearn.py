@@ -30,13 +30,13 @@ runs one of two regimes:
 
 The estimate costs two forwards and no step, so neither regime spends its budget on the choice.
 It errs towards "reset fits" (the optimizer's update is not counted; the training steps
-measured cost more than three forwards: docs/leaderboard.md), and the reset regime checks it
-on its own first timed steps (:func:`measured_reset_epochs`, the fastest of the loop's probe
-steps): if they show fewer than ``reset_from_epochs`` epochs fit, the original (kept as the
-teacher) is restored and the run continues as ``shrink_perturb`` in the time left. A wrong
-estimate thus costs a few steps, and only in the direction it errs. A machine where a training
-step costs under three forwards would keep runs in the perturb regime that could reset; none
-was measured.
+measured cost more than three forwards: ``python -m bench.reset_step`` times them on a device),
+and the reset regime checks it on its own first timed steps (:func:`measured_reset_epochs`, the
+fastest of the loop's probe steps): if they show fewer than ``reset_from_epochs`` epochs fit,
+the original (kept as the teacher) is restored and the run continues as ``shrink_perturb`` in
+the time left. A wrong estimate thus costs a few steps, and only in the direction it errs. A
+machine where a training step costs under three forwards would keep runs in the perturb regime
+that could reset; none was measured.
 
 Saturation: a network relearned for a few epochs from 1% of its weights reaches a modest
 held-out confidence, whatever its budget allows beyond that. Where the original's recipe trains
@@ -199,6 +199,24 @@ def first_batch(loader, device):
         return next(iter(device_batches(loader, device)))
 
 
+def reset_step(net, teacher, optimizer, batch, *, distill_weight: float, temperature: float):
+    """One step of the reset regime on ``batch``: cross-entropy plus ``distill_weight`` times
+    the teacher's soft outputs (:func:`~submission.helpers.teacher_kl` at ``temperature``),
+    then ``optimizer``'s update. Returns the loss. (``bench.reset_step`` times this step
+    against the forwards that :data:`RESET_STEP_FORWARDS` counts it as.)"""
+    x, y = batch
+    logits = net(x)
+    loss = F.cross_entropy(logits, y)
+    if distill_weight > 0:
+        with torch.no_grad():
+            target = teacher(x)
+        loss = loss + distill_weight * teacher_kl(logits, target, temperature)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 class _TooSlow(Exception):
     """Raised in the reset loop when its own timed steps show too few epochs fit."""
 
@@ -266,17 +284,9 @@ def relearn(
             fits = min(epochs, measured_reset_epochs(loop, n_retain))
             if choose_regime(fits, reset_from_epochs=reset_from_epochs) == "perturb":
                 raise _TooSlow
-        x, y = batch
-        logits = net(x)
-        loss = F.cross_entropy(logits, y)
-        if distill_weight > 0:
-            with torch.no_grad():
-                target = teacher(x)
-            loss = loss + distill_weight * teacher_kl(logits, target, temperature)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss
+        return reset_step(
+            net, teacher, optimizer, batch, distill_weight=distill_weight, temperature=temperature
+        )
 
     net.train()
     try:

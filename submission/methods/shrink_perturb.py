@@ -35,14 +35,14 @@ on a busy machine then changes how long the runs relearn, not whether the noise 
 Pass a number to fix ``perturb``.
 
 The rate is sized by the same reading (``scale_lr``, on by default): ``lr`` is the peak rate of
-a run that relearns ``FULL_RATE_EPOCHS`` (2) epochs or more, and a shorter run takes ``lr *
-sqrt(epochs / 2)`` (:func:`rate_scale`). Why: in a short run the full rate spread the runs'
-forget-set confidences wider than the retrained models' (what in the short schedule does it was
-not established), and the attack tells a spread too wide apart as it does a cluster; over 2
-epochs the full rate is what relearns the perturbation to the retrained models' confidence, and
-a lower one leaves the forget set under-confident. Chosen on digits with the design seed (seed
-1, random forgetting, N = 64: three rates at four budgets, docs/leaderboard.md).
-``scale_lr=False`` keeps ``lr`` whatever fits.
+a run that relearns ``FULL_RATE_EPOCHS`` (2) epochs or more, and a shorter run takes
+``lr * sqrt(epochs / 2)`` (:func:`rate_scale`). Why: in a short run the full rate spread the
+runs' forget-set confidences wider than the retrained models' (what in the short schedule does
+it was not established), and the attack tells a spread too wide apart as it does a cluster;
+over 2 epochs the full rate is what relearns the perturbation to the retrained models'
+confidence, and a lower one leaves the forget set under-confident. Chosen on digits with the
+design seed (seed 1, random forgetting, N = 64: three rates at four budgets,
+docs/leaderboard.md). ``scale_lr=False`` keeps ``lr`` whatever fits.
 
 Defaults were chosen on digits (small CNN, random 10% forget set, a budget of 20% of one
 retraining, N = 16 and 32): ``shrink`` from 0.9 to 1 scored within noise of each other; a
