@@ -365,9 +365,9 @@ def default_vs_entries(ranked: Sequence[Row], *, seed: int = 0) -> dict | None:
     default, a scored entry, or per-example scores."""
     default = next((r for r in ranked if r.default and not r.failed), None)
     entries = [r for r in ranked if not r.failed and r.method in PRIVATE_LEADERBOARD]
-    if default is None or not entries or default.example_scores is None:
+    if default is None or not entries:
         return None
-    if any(r.example_scores is None for r in entries):
+    if any(r.example_scores is None for r in (default, *entries)):
         return None
     leads = [
         {
