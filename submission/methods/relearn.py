@@ -69,8 +69,8 @@ retraining fits about 1 epoch of the random board's reset steps, 2-3 of the comp
 setting's), nearer the first: each run measures the epochs that fit, and a slow stretch of
 the machine only lowers them, so a threshold midway (2) sent some runs of the
 competition-shaped setting into the perturb regime, a different method for those runs only
-(the measured spread: docs/leaderboard.md). No score
-was compared to choose it. ``reset_below_logodds`` 5 (a median true-class probability of about
+(the measured spread: docs/leaderboard.md). No score was compared to choose it.
+``reset_below_logodds`` 5 (a median true-class probability of about
 0.993) lies between the originals' held-out confidences of the settings measured on the design
 seed: each setting whose original read under about 2.5 (the organisers' recipe: the narrow
 ResNet-18 with persons or random forgetting, the small CNN with random forgetting) scored
