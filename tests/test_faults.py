@@ -1,8 +1,9 @@
 """Faults during long work: kills, corrupt files, unwritable and contended output folders.
 
 - ``submission.run`` is SIGKILLed at seeded random moments (:data:`KILL_TRIALS` trials, each
-  a fresh job forked from this process so no interpreter start-up is paid); after resuming,
-  every trial must end with exactly N valid checkpoints and a consistent manifest.
+  a job in a fresh interpreter, as a user's would be); after resuming in another, every trial
+  must end with exactly N valid checkpoints and a consistent manifest. A job that hangs fails
+  the test with its stacks.
 - A checkpoint or a ``local_eval`` cache entry truncated or with flipped bytes is detected
   (checksums), reported on stderr and rebuilt, never used.
 - An output folder that cannot be written gives a clear error before any work. Tests may run
@@ -19,6 +20,8 @@ import json
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -38,6 +41,8 @@ from submission_tools.run.cli import main as run_main
 
 KILL_TRIALS = 5
 N = 4
+JOB_LIMIT_S = 120  # a job of N runs of 0.2 s takes seconds; far longer is a hang
+ROOT = Path(__file__).resolve().parents[1]
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 QUICK_LE = ["--n-models", "2", "--epochs", "1", "--workers", "1", "--quiet"]
 
@@ -84,24 +89,38 @@ def assert_intact(out: Path, n: int) -> dict:
 
 
 # ------------------------------------------------------------------------- SIGKILL, resume
-def _fork_job(argv: list[str]) -> int:
-    """Run ``submission.run_main(argv)`` in a forked child (torch already imported here)."""
-    pid = os.fork()
-    if pid == 0:  # the child: never return into pytest
-        code = 99
-        try:
-            # the parent's intra-op thread pool does not survive a fork: a child using it
-            # waits forever for threads it does not have (it hung before writing its
-            # manifest when this test ran alone, after a resume in this process). One
-            # thread keeps the child's ops in its own thread.
-            torch.set_num_threads(1)
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 1)
-            os.dup2(devnull, 2)
-            code = run_main(argv)
-        finally:
-            os._exit(code)
-    return pid
+def _start_job(argv: list[str], log: Path) -> subprocess.Popen:
+    """``python -m submission_tools.run ARGV`` in a fresh interpreter, stderr into ``log``.
+
+    Not a fork of this process: pytest here carries torch's thread pools and whatever threads
+    earlier tests left running, and a forked child may wait forever on a lock one of them held
+    (CI once hung here with no output). ``PYTHONFAULTHANDLER`` lets a hung job print its
+    stacks when :func:`_finish` sends it SIGABRT."""
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+    with open(log, "w") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "submission_tools.run", *argv],
+            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
+
+
+def _finish(proc: subprocess.Popen, log: Path, what: str) -> int:
+    """The job's exit code; a job still going after :data:`JOB_LIMIT_S` is a hang: the test
+    fails with the job's stacks rather than waiting for CI's limit."""
+    try:
+        return proc.wait(timeout=JOB_LIMIT_S)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+        proc.wait()
+        pytest.fail(f"{what} was still running after {JOB_LIMIT_S} s:\n{log.read_text()}")
+
+
+def _listed(out: Path) -> int:
+    """Checkpoints the folder's manifest lists; -1 before the job has written one."""
+    path = out / run.MANIFEST
+    if not path.exists():
+        return -1
+    return len(json.loads(path.read_text() or "{}").get("checkpoints", {}))
 
 
 @pytest.mark.slow
@@ -111,18 +130,26 @@ def test_sigkill_at_random_moments_then_resume_leaves_exactly_n_valid(original, 
     for trial in range(KILL_TRIALS):
         out = tmp_path / f"trial-{trial}"
         argv = job(original, out, "--budget-s", "0.2", "--hp", "epochs=100")  # runs of 0.2 s
-        pid = _fork_job(argv)
-        deadline = time.monotonic() + 60
-        while not (out / run.MANIFEST).exists() and time.monotonic() < deadline:
-            time.sleep(0.005)  # the job has checked its inputs and taken the folder
-        time.sleep(rng.uniform(0.0, 1.0))
-        os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)
-        before = len(json.loads((out / run.MANIFEST).read_text() or "{}").get("checkpoints", {}))
-        killed = os.WIFSIGNALED(status) and before < N  # killed mid-job
+        log = tmp_path / f"trial-{trial}-killed.log"
+        proc = _start_job(argv, log)
+        # the moment: a random run (its checkpoints before it saved), then a random point in
+        # it or in its saving, so kills land at every stage whatever the machine's speed
+        done_before = rng.randrange(N)
+        deadline = time.monotonic() + JOB_LIMIT_S
+        while _listed(out) < done_before:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                _finish(proc, log, f"trial {trial}'s job, before {done_before} checkpoints")
+                pytest.fail(f"trial {trial}'s job ended early:\n{log.read_text()}")
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.3))
+        proc.send_signal(signal.SIGKILL)
+        killed = proc.wait() == -signal.SIGKILL
+        before = _listed(out)
+        killed = killed and before < N  # killed mid-job
 
-        code, err = invoke(run_main, argv)  # resume, in this process
-        assert code == 0, err
+        log = tmp_path / f"trial-{trial}-resumed.log"
+        code = _finish(_start_job(argv, log), log, f"trial {trial}'s resume")
+        assert code == 0, log.read_text()
         assert_intact(out, N)
         outcomes.append((killed, before))
     print(f"\nkill/resume trials: {len(outcomes)}, all intact; killed mid-job "
@@ -130,6 +157,7 @@ def test_sigkill_at_random_moments_then_resume_leaves_exactly_n_valid(original, 
           f"{[b for _, b in outcomes]}")  # fmt: skip
     assert len(outcomes) == KILL_TRIALS
     assert sum(killed for killed, _ in outcomes) >= 3  # mostly mid-job
+    assert len({b for _, b in outcomes}) >= 2  # at different stages
 
 
 # ------------------------------------------------------------------------- corrupt files
