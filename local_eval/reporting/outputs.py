@@ -14,6 +14,7 @@ import numpy as np
 
 from local_eval.common.provenance import versions
 from local_eval.reporting.report import build_report, write_report
+from local_eval.runs.pipeline import original_is_floor_model
 
 __all__ = ["default_out_dir", "write_outputs"]
 
@@ -22,7 +23,11 @@ def write_outputs(result, out: Path, cache_root: Path | None) -> list[Path]:
     """Score, then write the report into a temporary sibling of ``out`` and move the files
     in only when all of them exist, so a failure never leaves a half-written report."""
     start = time.perf_counter()
-    report, details = build_report(result.signals, context=report_context(result, cache_root))
+    report, details = build_report(
+        result.signals,
+        context=report_context(result, cache_root),
+        original_in_floor=original_is_floor_model(result),
+    )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

@@ -16,7 +16,11 @@
   A method below the floor leaves the forget set more visible than no unlearning would;
 - accuracies (retain / test / forget, mean and std) of every group, the utility ratios,
   seconds per unlearning run and their ratio to one retraining;
-- the starting kit's loss-attack sanity check (``local_eval.scoring.sanity``), labelled as such.
+- the starting kit's loss-attack sanity check (``local_eval.scoring.sanity``), labelled as such;
+- the per-example diagnosis (``local_eval.reporting.diagnosis``): how far the runs' mean
+  confidence lies off the references' on each forget example, how their spread compares, and
+  what shares of the originals' memorisation and of the runs' original's own deviation they
+  keep; the ceiling's figures beside them.
 
 :func:`write_report` writes ``report.json``, ``per_example.csv`` (from
 ``metric.example_details``), ``signals.npz`` (everything needed to re-score without
@@ -34,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from local_eval.reporting.diagnosis import diagnose
 from local_eval.scoring import metric
 from local_eval.scoring.sanity import loss_attack_accuracy
 from local_eval.training.signals import GROUPS, EvalSignals, GroupSignals, example_losses
@@ -68,9 +73,16 @@ def confidences(signals: EvalSignals) -> dict[str, np.ndarray]:
 
 
 def build_report(
-    signals: EvalSignals, *, context: dict | None = None, seed: int = 0
+    signals: EvalSignals,
+    *,
+    context: dict | None = None,
+    seed: int = 0,
+    original_in_floor: bool = False,
 ) -> tuple[dict, metric.ExampleDetails]:
-    """All figures of the report (a JSON-able dict) and the per-example details."""
+    """All figures of the report (a JSON-able dict) and the per-example details.
+    ``original_in_floor``: the floor's model 0 is the runs' original (no original was given;
+    ``local_eval.runs.pipeline.original_is_floor_model``), so the diagnosis can split off its
+    own deviation."""
     conf = confidences(signals)
     details = metric.example_details(conf["unlearned"], conf["retrained"])
     quality = float(np.mean(details.points))  # = metric.forget_quality(U, R), one pass fewer
@@ -105,11 +117,28 @@ def build_report(
             "last_bucket_end": metric.max_epsilon(n_models),
         },
         "sanity_check": _sanity(signals),
+        "diagnosis": diagnosis(conf, original_in_floor=original_in_floor),
         "n_models": n_models,
         "n_forget_examples": n_examples,
         **(context or {}),
     }
     return report, details
+
+
+def diagnosis(conf: dict[str, np.ndarray], *, original_in_floor: bool) -> dict:
+    """:func:`~local_eval.reporting.diagnosis.diagnose` of the runs and of the ceiling, both
+    against the references. The runs' original is split off only when it is the floor's model
+    0 and other originals remain to compare it with."""
+    floor = conf["floor"]
+    split = original_in_floor and len(floor) >= 2
+    originals, original = (floor[1:], floor[0]) if split else (floor, None)
+    return {
+        "original_split": split,
+        **{
+            g: diagnose(conf[g], conf["retrained"], originals, original=original)
+            for g in ("unlearned", "ceiling")
+        },
+    }
 
 
 def _time_figures(run_s: np.ndarray, signals: EvalSignals) -> dict:
@@ -355,11 +384,29 @@ def format_summary(report: dict) -> str:
         f"test {report['utility']['test_ratio']:.3f}",
         _time_line(t),
         *_budget_line(report.get("method", {})),
+        *_diagnosis_lines(report.get("diagnosis")),
         f"sanity check, NOT the competition metric (loss attack, forget vs test, 0.5 = unseen): "
         f"unlearned {sanity['unlearned']:.3f}, retrained {sanity['retrained']:.3f}, "
         f"original {sanity['floor']:.3f}",
     ]
     return "\n".join(lines)
+
+
+def _diagnosis_lines(diag: dict | None) -> list[str]:
+    if diag is None:  # a report from before the diagnosis
+        return []
+    runs, ceiling = diag["unlearned"], diag["ceiling"]
+    spread = "-" if runs["spread_ratio"] is None else f"{runs['spread_ratio']:.2f}x"
+    kept = f"keep {_pct(runs['kept_memorisation'])} of the originals' memorisation"
+    if runs["kept_own"] is not None:
+        kept += f" and {_pct(runs['kept_own'])} of their original's own deviation"
+    return [
+        f"per forget example (logit-scaled confidence, against the references): the runs' mean "
+        f"is off by {runs['mean_error']:.2f} (shift {runs['shift']:+.2f}), their spread "
+        f"{spread} the references'; they {kept} (unexplained {runs['unexplained']:.2f}); "
+        f"the ceiling's mean is off by {ceiling['mean_error']:.2f} and keeps "
+        f"{_pct(ceiling['kept_memorisation'])} of the memorisation (sampling alone)"
+    ]
 
 
 def _budget_line(method: dict) -> list[str]:

@@ -71,6 +71,7 @@ __all__ = [
     "SubmissionError",
     "combine",
     "model_seed",
+    "original_is_floor_model",
     "prepare_original",
     "resolve_budget",
     "resolve_device",
@@ -317,10 +318,7 @@ def given_original(
     """``(weights, sha256 of the file)`` of the original the user gave (``config.original``;
     with checkpoints of a competition-layout folder, by default its ``original_model.pth``),
     checked against ``arch``; ``None`` when the recipe's original is used."""
-    path = config.original
-    if path is None and isinstance(method, Checkpoints):
-        folder_original = competition_original(config.dataset)
-        path = None if folder_original is None else str(folder_original)
+    path = _given_original_path(config, checkpoints=isinstance(method, Checkpoints))
     if path is None:
         return None
     file = check_file(path, "original model")
@@ -333,6 +331,20 @@ def given_original(
     )
     check_state_dict_fits(weights, model, arch, file)
     return weights, sha256_of(file)
+
+
+def _given_original_path(config: EvalConfig, *, checkpoints: bool) -> str | None:
+    if config.original is not None:
+        return config.original
+    folder_original = competition_original(config.dataset) if checkpoints else None
+    return None if folder_original is None else str(folder_original)
+
+
+def original_is_floor_model(result: EvalResult) -> bool:
+    """Whether the runs started from the floor's model 0, the recipe's original (no original
+    was given): then the floor's records hold the runs' own original."""
+    checkpoints = result.method.get("identity", {}).get("kind") == "checkpoints"
+    return _given_original_path(result.config, checkpoints=checkpoints) is None
 
 
 def competition_original(dataset: str) -> Path | None:

@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 
+from local_eval.reporting.diagnosis import diagnose
 from local_eval.reporting.report import (
     build_report,
     ceiling_example_scores,
@@ -151,8 +152,31 @@ def test_summary_mentions_every_figure(built):
         "per unlearning run",
         "NOT the competition metric",
         f"{report['score']:.4f}",
+        "per forget example",
+        "of the originals' memorisation",
     ):
         assert needle in text
+
+
+def test_the_diagnosis_splits_off_the_original_only_when_it_is_the_floors_model_0(signals, built):
+    conf = confidences(signals)
+    plain = built[0]["diagnosis"]
+    assert plain["original_split"] is False
+    for g in ("unlearned", "ceiling"):  # every originals' model compared, none as the original
+        assert plain[g] == diagnose(conf[g], conf["retrained"], conf["floor"])
+    split = build_report(signals, original_in_floor=True)[0]["diagnosis"]
+    assert split["original_split"] is True
+    expected = diagnose(
+        conf["unlearned"], conf["retrained"], conf["floor"][1:], original=conf["floor"][0]
+    )
+    assert split["unlearned"] == expected and expected["kept_own"] is not None
+    text = format_summary(build_report(signals, original_in_floor=True)[0])
+    assert f"{_pct_of(expected['kept_own'])} of their original's own deviation" in text
+    assert "own deviation" not in format_summary(built[0])
+
+
+def _pct_of(x: float) -> str:
+    return f"{100 * x:.0f}%"
 
 
 def test_signals_file_must_be_complete(tmp_path):

@@ -418,3 +418,43 @@ def test_the_original_is_trained_alone_before_the_other_models(tmp_path):
     ]
     assert records[pipeline.Job("original", 0)].seconds == 1.0  # its own call's record
     assert records[pipeline.Job("original", 1)].seconds == 2.0
+
+
+@pytest.mark.slow
+def test_the_floors_model_0_is_the_runs_original_unless_one_is_given(shared_cache, tmp_path):
+    """What the report's diagnosis relies on: without ``original``, runs that change nothing
+    give exactly the floor's model 0's confidences, so they keep all of the originals'
+    memorisation and all of their original's own deviation."""
+    result, _ = evaluate(untouched, shared_cache, n=4, recipe_overrides=QUICK)
+    signals = result.signals
+    assert pipeline.original_is_floor_model(result)
+    for logits in signals.unlearned.forget_logits:
+        assert np.array_equal(logits, signals.floor.forget_logits[0])
+    diagnosis = build_report(signals, original_in_floor=True)[0]["diagnosis"]["unlearned"]
+    assert diagnosis["kept_memorisation"] == pytest.approx(1.0)
+    assert diagnosis["kept_own"] == pytest.approx(1.0)
+    assert diagnosis["unexplained"] == pytest.approx(0.0, abs=1e-6)
+    assert diagnosis["spread_ratio"] == 0.0  # one model, N times
+
+    from local_eval.training.models import build_model
+
+    given = tmp_path / "given.pth"
+    net = build_model("smallcnn", num_classes=10, in_channels=1, image_size=8)
+    torch.save(net.state_dict(), given)
+    config = dataclasses.replace(result.config, original=str(given))
+    assert not pipeline.original_is_floor_model(dataclasses.replace(result, config=config))
+
+
+def test_checkpoints_of_a_competition_folder_start_from_its_own_original(tmp_path):
+    import types
+
+    (tmp_path / "original_model.pth").write_bytes(b"")
+    config = EvalConfig(dataset=f"kaggle:{tmp_path}")
+
+    def result(kind):
+        return types.SimpleNamespace(config=config, method={"identity": {"kind": kind}})
+
+    assert not pipeline.original_is_floor_model(result("checkpoints"))  # the folder's own
+    assert pipeline.original_is_floor_model(result("kit"))  # runs start from the recipe's
+    (tmp_path / "original_model.pth").unlink()
+    assert pipeline.original_is_floor_model(result("checkpoints"))
