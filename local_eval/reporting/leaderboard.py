@@ -70,7 +70,12 @@ from local_eval.reporting.report import (
     paired_bootstrap,
 )
 from local_eval.runs.loading import load_unlearning, with_time_limit
-from local_eval.runs.pipeline import SubmissionError, resolve_budget, run_evaluation
+from local_eval.runs.pipeline import (
+    SubmissionError,
+    original_is_floor_model,
+    resolve_budget,
+    run_evaluation,
+)
 
 __all__ = [
     "PRIVATE_LEADERBOARD",
@@ -96,6 +101,8 @@ __all__ = [
 ]
 
 FILES = ("leaderboard.md", "leaderboard.json", "leaderboard.png")
+# a row's figures from the report's diagnosis of its runs (local_eval.reporting.diagnosis)
+DIAGNOSIS_FIELDS = ("mean_error", "spread_ratio", "kept_memorisation", "kept_own")
 # The competition's entries the kit re-implements, in their Kaggle private-leaderboard order
 # (ranks 2 to 9; rank 1 is not re-implemented): ../shared/spec/methods.md.
 PRIVATE_LEADERBOARD = (
@@ -131,6 +138,13 @@ class Row:
     # mean is ``score``), for the paired intervals; not written to the JSON.
     example_scores: np.ndarray | None = field(default=None, repr=False, compare=False)
     repeat_scores: tuple[float, ...] = ()  # each repeat's score, with --repeats R > 1
+    # the report's per-example diagnosis of the runs (local_eval.reporting.diagnosis): how far
+    # their mean lies off the references', their spread over the references', the shares of
+    # the originals' memorisation and of their original's own deviation kept (None: not split)
+    mean_error: float | None = None
+    spread_ratio: float | None = None
+    kept_memorisation: float | None = None
+    kept_own: float | None = None
 
     @property
     def failed(self) -> bool:
@@ -278,6 +292,7 @@ def combine_repeats(rows: Sequence[Row]) -> Row:
         notes=notes,
         example_scores=examples,
         repeat_scores=scores,
+        **{name: mean(name) for name in DIAGNOSIS_FIELDS},
     )
 
 
@@ -319,6 +334,7 @@ def row_from_report(
 
     low, high = report["forget_quality_ci95"]
     t = report["time"]
+    diagnosis = report.get("diagnosis", {}).get("unlearned", {})
     return Row(
         method,
         score=score,
@@ -334,6 +350,7 @@ def row_from_report(
         # The score is linear in F (F times the utility ratios), so each example's share is
         # its points times the score of F = 1.
         example_scores=None if points is None else np.asarray(points) * score_at(1.0),
+        **{name: diagnosis.get(name) for name in DIAGNOSIS_FIELDS},
     )
 
 
@@ -826,7 +843,11 @@ def _one_board(
                 rows.append(failed(error=one_line(exc)))
             else:
                 try:
-                    report, details = build_report(result.signals, context=_report_context(result))
+                    report, details = build_report(
+                        result.signals,
+                        context=_report_context(result),
+                        original_in_floor=original_is_floor_model(result),
+                    )
                     row = row_from_report(
                         name, report, default=name == default, points=details.points
                     )

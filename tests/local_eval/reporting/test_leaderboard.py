@@ -380,6 +380,32 @@ def test_row_from_report_carries_the_interval_through_the_utility_ratios():
     assert (row.runs_over_budget, row.default, row.failed) == (1, True, False)
     nan = row_from_report("m", {**report, "score": math.nan})
     assert nan.failed and "NaN" in nan.error
+    assert row.kept_memorisation is None  # a report without a diagnosis
+    diagnosis = {"mean_error": 0.8, "spread_ratio": 1.1, "kept_memorisation": 0.6,
+                 "kept_own": None, "shift": -0.2}  # fmt: skip
+    row = row_from_report("m", {**report, "diagnosis": {"unlearned": diagnosis}})
+    assert (row.mean_error, row.spread_ratio, row.kept_memorisation, row.kept_own) == (
+        0.8, 1.1, 0.6, None)  # fmt: skip
+
+
+def test_repeats_average_the_diagnosis_and_the_json_carries_it():
+    rows = [
+        scored("m", 0.1, 0.0, 0.2, mean_error=0.8, spread_ratio=1.0, kept_memorisation=0.5,
+               kept_own=0.7),
+        scored("m", 0.2, 0.1, 0.3, mean_error=0.6, spread_ratio=1.2, kept_memorisation=0.7,
+               kept_own=0.5),
+    ]  # fmt: skip
+    row = combine_repeats(rows)
+    assert (row.mean_error, row.spread_ratio, row.kept_memorisation, row.kept_own) == (
+        pytest.approx(0.7), pytest.approx(1.1), pytest.approx(0.6), pytest.approx(0.6))
+    unsplit = combine_repeats([rows[0], dataclasses.replace(rows[1], kept_own=None)])
+    assert unsplit.kept_own is None and unsplit.kept_memorisation == pytest.approx(0.6)
+    (entry,) = to_json([row], {})["rows"]
+    assert entry["kept_own"] == pytest.approx(0.6) and entry["mean_error"] == pytest.approx(0.7)
+    back = leaderboard.row_from_record(json.loads(json.dumps(leaderboard.row_record(row))))
+    assert back == row
+    old = {k: v for k, v in leaderboard.row_record(row).items() if k != "kept_own"}
+    assert leaderboard.row_from_record(old).kept_own is None  # a journal from before
 
 
 def _raises(net, retain, forget, val, *, budget_s=None):
