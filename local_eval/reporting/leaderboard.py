@@ -471,6 +471,7 @@ def format_markdown(ranked: Sequence[Row], meta: dict) -> str:
     default = next((r for r in ranked if r.default), None)
     if default is not None:
         lines.append(_default_line(ranked, default))
+    lines += _diagnosis_table(ranked)
     notes = [(r.method, n) for r in ranked for n in r.notes]
     if notes:
         lines += ["", "What the methods said (their warnings, once per kind of message):", ""]
@@ -478,6 +479,37 @@ def format_markdown(ranked: Sequence[Row], meta: dict) -> str:
     if meta.get("plot"):
         lines += ["", f"![score against seconds per run]({meta['plot']})"]
     return "\n".join(lines) + "\n"
+
+
+def _diagnosis_table(ranked: Sequence[Row]) -> list[str]:
+    """Each scored row's per-example diagnosis, in the board's order; nothing when no row has
+    one (rows read back from a board of an older kit)."""
+    rows = [r for r in ranked if not r.failed and r.mean_error is not None]
+    if not rows:
+        return []
+
+    def cell(x: float | None, suffix: str = "") -> str:
+        return "-" if x is None else f"{x:.2f}{suffix}"
+
+    lines = [
+        "",
+        "Where the runs differ from the references, per forget example (the report's diagnosis, "
+        "`local_eval.reporting.diagnosis`): how far their mean logit-scaled confidence lies off "
+        "the references' on average, their spread over the references' (the median over the "
+        "examples), and the shares they keep of the originals' memorisation and of their own "
+        "original's seed quirks (1 = all of it; \"-\" = not split off).",
+        "",
+        "| method | mean off | spread | memorisation kept | own kept |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        name = f"`{r.method}`" + (" (default)" if r.default else "")
+        lines.append(
+            f"| {name} | {cell(r.mean_error)} | {cell(r.spread_ratio, 'x')} | "
+            f"{_pct(r.kept_memorisation)} | "
+            f"{'-' if r.kept_own is None else _pct(r.kept_own)} |"
+        )
+    return lines
 
 
 def _table(ranked: Sequence[Row]) -> list[str]:

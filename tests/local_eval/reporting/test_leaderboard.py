@@ -676,3 +676,20 @@ def test_messages_that_differ_only_in_their_numbers_are_one_note():
         "m: projected 19 of 21 layers",
     )
     assert distinct_notes([]) == ()
+
+
+def test_markdown_shows_the_rows_diagnosis_when_they_have_one():
+    ranked = rank([
+        scored("a", 0.3, 0.2, 0.4, mean_error=0.84, spread_ratio=1.12, kept_memorisation=0.62,
+               kept_own=0.654),
+        scored("b", 0.1, 0.0, 0.2, mean_error=1.4, spread_ratio=0.05, kept_memorisation=1.0,
+               kept_own=None),
+        Row("c", error="boom"),
+    ])  # fmt: skip
+    text = format_markdown(ranked, {})
+    assert "| method | mean off | spread | memorisation kept | own kept |" in text
+    assert "| `a` | 0.84 | 1.12x | 62% | 65% |" in text
+    assert "| `b` | 1.40 | 0.05x | 100% | - |" in text
+    assert "| `c` |" not in text.split("mean off | spread")[1]  # failed rows have none
+    old = rank([scored("a", 0.3, 0.2, 0.4)])  # rows of a board from before the diagnosis
+    assert "mean off" not in format_markdown(old, {})
