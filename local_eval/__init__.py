@@ -15,6 +15,15 @@ lines and ``common`` what every stage shares. The names a user needs:
 >>> forget_quality(retrained + 10.0, retrained)   # every model separable: no points
 0.0
 
+Why a score is low, per forget example (``diagnose``): runs that are the references moved up by
+0.5 are off by 0.5 on every example, at the references' own spread.
+
+>>> from local_eval import diagnose
+>>> originals = rng.uniform(1.0, 2.0, size=(16, 5))   # models trained like the original
+>>> d = diagnose(retrained + 0.5, retrained, originals)
+>>> round(d["shift"], 6), round(d["mean_error"], 6), round(d["spread_ratio"], 6)
+(0.5, 0.5, 1.0)
+
 An evaluation of a method, end to end (digits, N = 2 models per group, 1 epoch per model):
 
 >>> from local_eval import EvalConfig, load_unlearning, run_evaluation
@@ -37,6 +46,7 @@ from importlib import import_module
 
 __all__ = [
     "EvalConfig",
+    "diagnose",
     "forget_quality",
     "load_unlearning",
     "per_example_epsilons",
@@ -52,6 +62,7 @@ _WHERE = {
     "write_outputs": "local_eval.reporting.outputs",
     "forget_quality": "local_eval.scoring.metric",
     "per_example_epsilons": "local_eval.scoring.metric",
+    "diagnose": "local_eval.reporting.diagnosis",
 }
 
 
