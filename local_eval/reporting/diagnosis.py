@@ -56,6 +56,7 @@ def diagnose(
     references'; examples where the references agree exactly are left out), ``memorisation``
     and ``own_deviation`` (mean absolute size of each pattern), ``kept_memorisation`` and
     ``kept_own`` (the shares), ``unexplained`` (mean absolute residual of the fit).
+    Non-finite confidences are refused (``ValueError``), as the metric refuses them.
     """
     runs, references, originals = (
         np.asarray(a, dtype=np.float64) for a in (runs, references, originals)
@@ -70,6 +71,18 @@ def diagnose(
         )
     if min(len(runs), len(references), len(originals)) < 1:
         raise ValueError("every group needs at least one model")
+    if original is not None:
+        original = np.asarray(original, dtype=np.float64)
+        if original.shape != (examples,):
+            raise ValueError(f"original must be ({examples},), one confidence per example")
+    # as the metric does (it refuses such logits before any report is built)
+    groups = [runs, references, originals] + ([original[None]] if original is not None else [])
+    finite = np.logical_and.reduce([np.isfinite(g).all(0) for g in groups])
+    if not finite.all():
+        raise ValueError(
+            f"confidences hold NaN or inf at example {int(np.argmin(finite))}: "
+            "check the models' logits"
+        )
     reference_mean = references.mean(0)
     error = runs.mean(0) - reference_mean
     reference_std = references.std(0)
@@ -78,9 +91,6 @@ def diagnose(
     originals_mean = originals.mean(0)
     patterns = {"memorisation": originals_mean - reference_mean}
     if original is not None:
-        original = np.asarray(original, dtype=np.float64)
-        if original.shape != (examples,):
-            raise ValueError(f"original must be ({examples},), one confidence per example")
         patterns["own_deviation"] = original - originals_mean
     design = np.stack([p - p.mean() for p in patterns.values()], axis=1)
     centred = error - error.mean()

@@ -120,3 +120,15 @@ def test_an_original_of_the_wrong_length_is_refused(groups):
     references, originals, original = groups
     with pytest.raises(ValueError, match="one confidence per example"):
         diagnose(references, references, originals, original=original[:-1])
+
+
+def test_non_finite_confidences_are_refused_as_the_metric_refuses_them(groups):
+    references, originals, original = groups
+    broken = references.copy()
+    broken[2, 5] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf at example 5"):
+        diagnose(broken, references, originals)
+    bad_original = original.copy()
+    bad_original[7] = np.inf
+    with pytest.raises(ValueError, match="NaN or inf at example 7"):
+        diagnose(references, references, originals, original=bad_original)
