@@ -62,20 +62,15 @@ import numpy as np
 from local_eval.common.errors import RunTimeout
 from local_eval.common.files import atomic_write_bytes
 from local_eval.common.journal import Journal
+from local_eval.reporting.outputs import score_result
 from local_eval.reporting.report import (
     bootstrap_interval,
-    build_report,
     ceiling_example_scores,
     jsonable,
     paired_bootstrap,
 )
 from local_eval.runs.loading import load_unlearning, with_time_limit
-from local_eval.runs.pipeline import (
-    SubmissionError,
-    original_is_floor_model,
-    resolve_budget,
-    run_evaluation,
-)
+from local_eval.runs.pipeline import SubmissionError, resolve_budget, run_evaluation
 
 __all__ = [
     "PRIVATE_LEADERBOARD",
@@ -875,11 +870,7 @@ def _one_board(
                 rows.append(failed(error=one_line(exc)))
             else:
                 try:
-                    report, details = build_report(
-                        result.signals,
-                        context=_report_context(result),
-                        original_in_floor=original_is_floor_model(result),
-                    )
+                    report, details = score_result(result, context=_report_context(result))
                     row = row_from_report(
                         name, report, default=name == default, points=details.points
                     )

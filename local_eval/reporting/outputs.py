@@ -16,18 +16,14 @@ from local_eval.common.provenance import versions
 from local_eval.reporting.report import build_report, write_report
 from local_eval.runs.pipeline import original_is_floor_model
 
-__all__ = ["default_out_dir", "write_outputs"]
+__all__ = ["default_out_dir", "score_result", "write_outputs"]
 
 
 def write_outputs(result, out: Path, cache_root: Path | None) -> list[Path]:
     """Score, then write the report into a temporary sibling of ``out`` and move the files
     in only when all of them exist, so a failure never leaves a half-written report."""
     start = time.perf_counter()
-    report, details = build_report(
-        result.signals,
-        context=report_context(result, cache_root),
-        original_in_floor=original_is_floor_model(result),
-    )
+    report, details = score_result(result, context=report_context(result, cache_root))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -43,6 +39,14 @@ def write_outputs(result, out: Path, cache_root: Path | None) -> list[Path]:
         return final
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def score_result(result, *, context: dict):
+    """:func:`~local_eval.reporting.report.build_report` of an evaluation's result, its
+    diagnosis splitting off the runs' original when that is the floor's model 0."""
+    return build_report(
+        result.signals, context=context, original_in_floor=original_is_floor_model(result)
+    )
 
 
 def report_context(result, cache_root: Path | None) -> dict:
