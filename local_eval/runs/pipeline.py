@@ -72,6 +72,7 @@ __all__ = [
     "combine",
     "model_seed",
     "original_is_floor_model",
+    "original_model",
     "prepare_original",
     "resolve_budget",
     "resolve_device",
@@ -392,6 +393,19 @@ def prepare_original(
     with _opened(config, {}) as (setup, arch, recipe, backend):
         models = _ModelSource(setup, arch, recipe, cache, backend, progress, config.trainer)
         return digest_tensors(models.original_weights()), models.trained["original"] > 0
+
+
+def original_model(
+    config: EvalConfig, *, cache: ModelCache, progress: bool = True
+) -> tuple[nn.Module, DataSetup, float]:
+    """The original model of ``config``'s setup (trained now and cached, or read from
+    ``cache``), in eval mode on the config's device, with the data setup it was trained on
+    and its training's seconds (one retraining: the auto budget's base)."""
+    with _opened(config, {}) as (setup, arch, recipe, backend):
+        models = _ModelSource(setup, arch, recipe, cache, backend, progress, config.trainer)
+        weights = models.original_weights()
+        net = fresh_model(arch, setup, weights, backend.device)
+        return net, setup, models.original_seconds()
 
 
 @contextlib.contextmanager

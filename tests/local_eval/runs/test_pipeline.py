@@ -14,7 +14,7 @@ from local_eval.runs.loading import LoadedMethod, load_unlearning
 from local_eval.runs.pipeline import EvalConfig, SubmissionError, run_evaluation
 from local_eval.training.cache import ModelCache
 from local_eval.training.signals import ModelRecord
-from local_eval.training.train import RECIPES, train_model
+from local_eval.training.train import CUTOFF, RECIPES, train_model
 
 QUICK = {"epochs": 5}  # half the fast recipe: still memorises the forget set, twice as fast
 
@@ -458,3 +458,24 @@ def test_checkpoints_of_a_competition_folder_start_from_its_own_original(tmp_pat
     assert pipeline.original_is_floor_model(result("kit"))  # runs start from the recipe's
     (tmp_path / "original_model.pth").unlink()
     assert pipeline.original_is_floor_model(result("checkpoints"))
+
+
+def test_original_model_is_the_model_every_run_starts_from(tmp_path, count_training):
+    starts = []
+
+    def record_start(net, retain, forget, val):
+        starts.append({k: v.detach().clone() for k, v in net.state_dict().items()})
+        return net
+
+    cache = ModelCache(tmp_path)
+    result, _ = evaluate(record_start, cache, n=2, recipe_overrides={"epochs": 1})
+    trained = len(count_training)
+    net, setup, seconds = pipeline.original_model(result.config, cache=cache, progress=False)
+    assert len(count_training) == trained  # read back from the cache, not trained again
+    assert not net.training and setup.describe() == result.data
+    state = net.state_dict()
+    assert state.keys() == starts[0].keys()
+    assert all(torch.equal(state[k], starts[0][k]) for k in state)
+    # its seconds are the ones the auto budget takes 20% of
+    auto = pipeline.resolve_budget(dataclasses.replace(result.config, budget_s="auto"), cache=cache)
+    assert auto.budget_s == pytest.approx(CUTOFF * seconds) and seconds > 0
