@@ -51,6 +51,7 @@ def test_a_stage_that_would_not_fit_is_skipped_and_said(monkeypatch, tmp_path):
         return {"rc": 0, "timed_out": False, "seconds": 100.0}
 
     monkeypatch.setattr(dc, "run_board", fake_board)
+    monkeypatch.setattr(dc.reset_step, "run", lambda **kw: {"rows": []})  # (the smoke run's)
     summary = dc.run_checks(tmp_path / "out", stages=(4, 8, 16), deadline_s=200.0,
                             overrides=SMALL, work=tmp_path / "work", reset_repeats=1)  # fmt: skip
     # N = 4 ran; N = 8 would take 200 s more from about 100 s in: skipped, and N = 16 not tried
