@@ -56,6 +56,7 @@ from pathlib import Path
 import torch
 
 from bench import reset_step
+from local_eval.cli.leaderboard import JOURNAL
 from local_eval.common.files import atomic_write_bytes
 from local_eval.common.provenance import versions
 from local_eval.data.setup import make_loader
@@ -64,7 +65,6 @@ from local_eval.runs.competition import SETTING
 from local_eval.runs.pipeline import EvalConfig, original_model
 from local_eval.training.cache import ModelCache
 from local_eval.training.train import CUTOFF
-from submission.batches import count_batches
 from submission.loop import Deadline
 from submission.methods import relearn as relearn_module
 
@@ -119,13 +119,12 @@ def saturation_reading(options: dict[str, str], *, cache_dir: Path, device: str)
     device_of = next(net.parameters()).device
     val = make_loader(setup.val, shuffle=False)
     retain = make_loader(setup.retain, shuffle=False)
-    held_out = relearn_module.median_logodds(net, val, device_of)
     budget_s = CUTOFF * retraining_s
-    batch = relearn_module.first_batch(retain, device_of)
-    fits = relearn_module.estimated_reset_epochs(
-        net, batch, Deadline(budget_s), count_batches(retain)
+    regime, fits, held_out = relearn_module.auto_regime(
+        net, retain, val, Deadline(budget_s), **RELEARN_DEFAULTS
     )
-    fits = min(RELEARN_DEFAULTS["epochs"], fits)
+    if math.isnan(held_out):  # not read by the rule (too few epochs fit): read for the record
+        held_out = relearn_module.median_logodds(net, val, device_of)
     return {
         "setting": options,
         "device": str(device_of),
@@ -137,12 +136,7 @@ def saturation_reading(options: dict[str, str], *, cache_dir: Path, device: str)
         "saturated": bool(held_out >= RELEARN_DEFAULTS["reset_below_logodds"]),
         "estimated_reset_epochs": fits,
         "reset_from_epochs": RELEARN_DEFAULTS["reset_from_epochs"],
-        "regime": relearn_module.choose_regime(
-            fits,
-            reset_from_epochs=RELEARN_DEFAULTS["reset_from_epochs"],
-            held_out_logodds=held_out,
-            reset_below_logodds=RELEARN_DEFAULTS["reset_below_logodds"],
-        ),
+        "regime": regime,
     }
 
 
@@ -183,8 +177,8 @@ def collect_board(board: Path, out: Path, n: int) -> list[str]:
         if (board / name).exists():
             shutil.copyfile(board / name, out / f"board-n{n}.{suffix}")
             kept.append(f"board-n{n}.{suffix}")
-    if not kept and (board / ".progress").is_dir():  # the journal is a folder: one archive
-        shutil.make_archive(str(out / f"board-n{n}-progress"), "gztar", board / ".progress")
+    if not kept and (board / JOURNAL).is_dir():  # the journal is a folder: one archive
+        shutil.make_archive(str(out / f"board-n{n}-progress"), "gztar", board / JOURNAL)
         kept.append(f"board-n{n}-progress.tar.gz")
     return kept
 

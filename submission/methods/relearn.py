@@ -221,6 +221,28 @@ class _TooSlow(Exception):
     """Raised in the reset loop when its own timed steps show too few epochs fit."""
 
 
+def auto_regime(
+    net, retain, val, deadline: Deadline, *, epochs: int, reset_from_epochs: float,
+    reset_below_logodds: float,
+) -> tuple[str, float, float]:  # fmt: skip
+    """The regime ``relearn`` chooses for ``net`` under ``deadline`` (see the module
+    docstring), with what it read: ``(regime, epochs that fit (at most epochs), the original's
+    held-out median log-odds)``, the last ``nan`` where the validation set was not read (no
+    ``val``, or too few epochs fit for it to matter)."""
+    device = device_of(net)
+    fits = estimated_reset_epochs(net, first_batch(retain, device), deadline, count_batches(retain))
+    fits = min(epochs, fits)
+    could_reset = val is not None and fits >= reset_from_epochs  # else val is not read
+    held_out = median_logodds(net, val, device) if could_reset else math.nan
+    regime = choose_regime(
+        fits,
+        reset_from_epochs=reset_from_epochs,
+        held_out_logodds=held_out,
+        reset_below_logodds=reset_below_logodds,
+    )
+    return regime, fits, held_out
+
+
 @register("relearn")
 def relearn(
     net,
@@ -256,14 +278,13 @@ def relearn(
     settings = {**SHRINK_PERTURB_DEFAULTS, "perturb": perturb, "lr": perturb_lr}
     checked = regime != "auto"  # a forced regime is not second-guessed
     if regime == "auto":
-        fits = estimated_reset_epochs(net, first_batch(retain, device), deadline, n_retain)
-        fits = min(epochs, fits)
-        could_reset = val is not None and fits >= reset_from_epochs  # else val is not read
-        held_out = median_logodds(net, val, device) if could_reset else math.nan
-        regime = choose_regime(
-            fits,
+        regime, _, _ = auto_regime(
+            net,
+            retain,
+            val,
+            deadline,
+            epochs=epochs,
             reset_from_epochs=reset_from_epochs,
-            held_out_logodds=held_out,
             reset_below_logodds=reset_below_logodds,
         )
     if regime == "perturb":  # shrink_perturb's run, with its defaults
