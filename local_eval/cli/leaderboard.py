@@ -45,7 +45,12 @@ def parser() -> argparse.ArgumentParser:
         "reference models (trained once, cached), and rank them.",
         submission=False,
     )
-    p.add_argument("--methods", default="all", help="all (default) or a comma list of names")
+    p.add_argument(
+        "--methods",
+        default="all",
+        help="all (default) or a comma list of names; NAME[K=V,...] adds a variant of a "
+        "method with those hyperparameters, e.g. relearn,relearn[regime=reset]",
+    )
     p.add_argument(
         "--repeats",
         type=int,

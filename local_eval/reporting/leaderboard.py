@@ -44,6 +44,7 @@ means, and the board says who led each repeat and in how many the leader's paire
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -59,7 +60,7 @@ from pathlib import Path
 
 import numpy as np
 
-from local_eval.common.errors import RunTimeout
+from local_eval.common.errors import RunTimeout, UsageError
 from local_eval.common.files import atomic_write_bytes
 from local_eval.common.journal import Journal
 from local_eval.reporting.outputs import score_result
@@ -69,7 +70,7 @@ from local_eval.reporting.report import (
     jsonable,
     paired_bootstrap,
 )
-from local_eval.runs.loading import load_unlearning, with_time_limit
+from local_eval.runs.loading import load_unlearning, parse_hyperparameters, with_time_limit
 from local_eval.runs.pipeline import SubmissionError, resolve_budget, run_evaluation
 
 __all__ = [
@@ -85,6 +86,7 @@ __all__ = [
     "lead_holds_paired",
     "leader_ahead",
     "machine",
+    "method_entry",
     "rank",
     "repeat_order",
     "repeat_summary",
@@ -492,7 +494,7 @@ def _diagnosis_table(ranked: Sequence[Row]) -> list[str]:
         "`local_eval.reporting.diagnosis`): how far their mean logit-scaled confidence lies off "
         "the references' on average, their spread over the references' (the median over the "
         "examples), and the shares they keep of the originals' memorisation and of their own "
-        "original's seed quirks (1 = all of it; \"-\" = not split off).",
+        'original\'s seed quirks (1 = all of it; "-" = not split off).',
         "",
         "| method | mean off | spread | memorisation kept | own kept |",
         "|---|---|---|---|---|",
@@ -851,7 +853,7 @@ def _one_board(
     in this repeat is read back, and each new evaluation is kept as it finishes."""
     rows, found = [], None
     for i, name in enumerate(names, start=1):
-        key = f"row-{repeat}-{name}"
+        key = _row_key(repeat, name)
         kept = None if journal is None else journal.get(key)
         if kept is not None:
             rows.append(row_from_record(kept))
@@ -860,7 +862,9 @@ def _one_board(
             log(f"{prefix}[{i}/{len(names)}] {name}: {_said(rows[-1])} (read back)")
             continue
         start = time.perf_counter()
-        method = with_time_limit(load_unlearning(method=name), run_timeout_s)
+        method_name, hyperparameters = method_entry(name)
+        loaded = load_unlearning(method=method_name, hyperparameters=hyperparameters)
+        method = with_time_limit(loaded, run_timeout_s)
         failed = partial(Row, name, default=name == default)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -1029,14 +1033,76 @@ def machine(device: str) -> str:
 
 
 def choose_methods(spec: str) -> list[str]:
-    """``all`` -> every registered method (registry order); else a comma list, checked."""
-    from submission import METHODS, get_method
+    """``all`` -> every registered method (registry order); else a comma list of board
+    entries, checked: a method's name, or a variant of it, ``NAME[K=V,...]`` (the method with
+    those hyperparameters, as ``--hp`` gives them), e.g. ``relearn,relearn[regime=reset]``.
+    A variant is its own row; it is not the default and not a competition entry."""
+    from submission import METHODS
 
     if spec.strip() == "all":
         return list(METHODS)
-    names = [n.strip() for n in spec.split(",") if n.strip()]
-    if not names:
+    labels = [_normal_label(piece) for piece in _split_top(spec, ",") if piece.strip()]
+    if not labels:
         raise ValueError("--methods is empty; give 'all' or a comma-separated list of names")
-    for name in names:
-        get_method(name)  # UnknownMethodError (a ValueError) lists the known names
-    return list(dict.fromkeys(names))
+    for label in labels:
+        name, hyperparameters = method_entry(label)
+        # an unknown name lists the known ones, an unknown hyperparameter the method's own
+        load_unlearning(method=name, hyperparameters=hyperparameters)
+    return list(dict.fromkeys(labels))
+
+
+_ENTRY = re.compile(r"\s*(?P<name>[A-Za-z_]\w*)\s*(?:\[(?P<hp>.*)\])?\s*", re.DOTALL)
+
+
+def method_entry(label: str) -> tuple[str, dict]:
+    """A board entry's method and hyperparameters: ``"relearn"`` -> ``("relearn", {})``,
+    ``"relearn[regime=reset,epochs=4]"`` -> ``("relearn", {"regime": "reset", "epochs": 4})``
+    (values are Python literals, else the bare string, as with ``--hp``)."""
+    match = _ENTRY.fullmatch(label)
+    if match is None:
+        raise UsageError(f"a --methods entry is NAME or NAME[K=V,...], got {label!r}")
+    pairs = [p.strip() for p in _split_top(match["hp"] or "", ",") if p.strip()]
+    if match["hp"] is not None and not pairs:
+        raise UsageError(f"{label!r} has empty brackets: give NAME=VALUE inside, or drop them")
+    try:
+        return match["name"], parse_hyperparameters(pairs)
+    except UsageError as exc:
+        raise UsageError(f"in the --methods entry {label!r}: {exc}") from None
+
+
+def _normal_label(piece: str) -> str:
+    """``" relearn[ regime=reset , epochs=4 ]"`` -> ``"relearn[regime=reset,epochs=4]"``."""
+    match = _ENTRY.fullmatch(piece)
+    if match is None or match["hp"] is None:
+        return piece.strip()
+    return f"{match['name']}[{','.join(p.strip() for p in _split_top(match['hp'], ','))}]"
+
+
+def _split_top(text: str, sep: str) -> list[str]:
+    """``text`` split at each ``sep`` outside brackets and quotes (a variant's commas, or a
+    tuple value's, stay in their piece)."""
+    pieces, depth, quote, start = [], 0, None, 0
+    for i, char in enumerate(text):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif char == sep and depth == 0:
+            pieces.append(text[start:i])
+            start = i + 1
+    if depth != 0 or quote:
+        raise UsageError(f"unbalanced brackets or quotes in {text!r}")
+    return [*pieces, text[start:]]
+
+
+def _row_key(repeat: int, label: str) -> str:
+    """A row's journal key: a method's name as it is (boards journaled before variants
+    existed resume), a variant's with a digest of its label (keys are file names)."""
+    if re.fullmatch(r"[\w.-]+", label):
+        return f"row-{repeat}-{label}"
+    name = method_entry(label)[0]
+    return f"row-{repeat}-{name}-{hashlib.sha256(label.encode()).hexdigest()[:12]}"

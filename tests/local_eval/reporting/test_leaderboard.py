@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+import re
 import time
 
 import numpy as np
@@ -594,6 +595,59 @@ def test_the_board_refuses_fewer_than_one_repeat(tmp_path, capsys):
     assert main(["leaderboard", "--repeats", "0", "--out", str(tmp_path / "none")]) == 2
     assert "--repeats must be 1 or more, got 0" in capsys.readouterr().err
     assert not (tmp_path / "none").exists()
+
+
+def test_a_board_entry_is_a_method_or_a_variant_of_one_with_its_hyperparameters():
+    assert leaderboard.choose_methods(
+        " relearn, relearn[ regime=reset , epochs=4 ],prune_reinit,relearn,ssd[dampening=(1, 2)]"
+    ) == ["relearn", "relearn[regime=reset,epochs=4]", "prune_reinit", "ssd[dampening=(1, 2)]"]
+    assert leaderboard.method_entry("relearn") == ("relearn", {})
+    assert leaderboard.method_entry("relearn[regime=reset,epochs=4]") == (
+        "relearn", {"regime": "reset", "epochs": 4})  # fmt: skip
+    assert leaderboard.method_entry("ssd[dampening=(1, 2)]") == ("ssd", {"dampening": (1, 2)})
+    for spec, said in [
+        ("relearn[regime=reset", "unbalanced brackets"),
+        ("relearn[]", "empty brackets"),
+        ("relearn[regime]", "in the --methods entry 'relearn[regime]': --hp expects NAME=VALUE"),
+        ("relearn[bogus=1]", "relearn has no hyperparameter bogus"),
+        ("relearn(x=1)", "a --methods entry is NAME or NAME[K=V,...]"),
+        ("nope[x=1]", "unknown method 'nope'"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(said)):
+            leaderboard.choose_methods(spec)
+
+
+def test_a_variant_runs_with_its_hyperparameters_as_its_own_row(tmp_path, monkeypatch):
+    from local_eval.common.journal import Journal
+    from local_eval.runs.pipeline import SubmissionError
+
+    given = []
+
+    def fails(config, method, **kw):  # each evaluation fails, after saying what it ran
+        given.append((method.source, dict(method.overrides)))
+        raise SubmissionError("stop here")
+
+    monkeypatch.setattr(leaderboard, "run_evaluation", fails)
+    names = leaderboard.choose_methods("relearn,relearn[regime=reset,epochs=4]")
+    config = EvalConfig(n_models=2, budget_s=1.0)
+    journal = Journal(tmp_path / "j", {"board": 1})
+    rows, _ = evaluate_methods(
+        config, names, cache=None, default="relearn", progress=False, journal=journal
+    )
+    assert given == [("method:relearn", {}), ("method:relearn", {"regime": "reset", "epochs": 4})]
+    assert [(r.method, r.default) for r in rows] == [
+        ("relearn", True), ("relearn[regime=reset,epochs=4]", False)]  # fmt: skip
+    keys = set(journal.keys())
+    assert "row-0-relearn" in keys  # a plain name keeps the key boards journaled before had
+    (variant,) = keys - {"row-0-relearn", "budget-0"}
+    assert re.fullmatch(r"row-0-relearn-[0-9a-f]{12}", variant)
+    # a variant is not the competition entry it varies: the agreement counts entries only
+    entries = ["forget_contrast", "masked_small_gradients", "noisy_weights"]
+    board = [scored("prune_reinit[sparsity=0.5]", 0.6, 0.5, 0.7)]
+    board += [scored(m, 0.5 - 0.1 * i, 0.4 - 0.1 * i, 0.6 - 0.1 * i) for i, m in enumerate(entries)]
+    agreement = competition_agreement(rank(board))
+    assert agreement["entries"] == entries and "prune_reinit" in agreement["missing"]
+    assert agreement["spearman_rho"] == pytest.approx(1.0)
 
 
 def test_agreement_with_the_private_leaderboard_on_fixed_rows():
