@@ -4,6 +4,8 @@ of every stage on a CPU with a small model."""
 import json
 import math
 import sys
+import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -60,6 +62,31 @@ def test_a_stage_that_would_not_fit_is_skipped_and_said(monkeypatch, tmp_path):
     assert summary["boards"][-1] == {"n_models": 8, "skipped": "would not fit the deadline"}
     written = json.loads((tmp_path / "out" / "device_checks.json").read_text())
     assert written["boards"] == summary["boards"]
+
+
+def test_a_finished_board_sends_its_tables_and_a_stopped_one_its_journal_as_one_file(tmp_path):
+    from local_eval.cli.leaderboard import JOURNAL
+
+    finished, stopped, out = tmp_path / "finished", tmp_path / "stopped", tmp_path / "out"
+    out.mkdir()
+    finished.mkdir()
+    for name in ("leaderboard.md", "leaderboard.json", "leaderboard.png"):
+        (finished / name).write_text(name)
+    (finished / JOURNAL).mkdir()
+    assert dc.collect_board(finished, out, 8) == ["board-n8.md", "board-n8.json"]
+    assert (out / "board-n8.json").read_text() == "leaderboard.json"
+    # stopped by the deadline: no tables, its finished evaluations in one archive
+    (stopped / JOURNAL).mkdir(parents=True)
+    for key in ("identity", "budget-0", "row-0-relearn"):
+        (stopped / JOURNAL / f"{key}.json").write_text(json.dumps({"key": key}))
+    assert dc.collect_board(stopped, out, 16) == ["board-n16-progress.tar.gz"]
+    with tarfile.open(out / "board-n16-progress.tar.gz") as archive:
+        names = sorted(Path(n).name for n in archive.getnames() if n.endswith(".json"))
+        member = next(m for m in archive.getmembers() if m.name.endswith("row-0-relearn.json"))
+        kept = json.loads(archive.extractfile(member).read())
+    assert names == ["budget-0.json", "identity.json", "row-0-relearn.json"]
+    assert kept == {"key": "row-0-relearn"}
+    assert dc.collect_board(tmp_path / "never-started", out, 32) == []
 
 
 @pytest.mark.slow

@@ -542,6 +542,7 @@ class _ModelSource:
         self.original_sha256 = original_sha256
         self.trained = {"original": 0, "retrained": 0}
         self._memo: dict[tuple[str, int], ModelRecord] = {}  # works without a cache too
+        self._original_weights: dict | None = None
 
     def trainer_of(self, role: str, index: int) -> str:
         return "sequential" if (role, index) == ("original", 0) else self.trainer
@@ -571,7 +572,10 @@ class _ModelSource:
         return model_seed(self.setup.seed, role, index)
 
     def original_weights(self) -> dict:
-        """State dict of the original model (the ``original`` group's model 0)."""
+        """State dict of the original model (the ``original`` group's model 0), read or
+        trained once per source (its seconds and its weights are both asked for)."""
+        if self._original_weights is not None:
+            return self._original_weights
         key, seed = self.key("original", "sequential"), self.seed("original", 0)
         weights = self.cache.load_weights(key, seed)
         if weights is None or self.cache.load(key, seed) is None:
@@ -580,6 +584,7 @@ class _ModelSource:
             )
             self.cache.save_weights(key, seed, weights)
             self._keep("original", key, seed, record)
+        self._original_weights = weights
         return weights
 
     def original_seconds(self) -> float:

@@ -470,8 +470,12 @@ def test_original_model_is_the_model_every_run_starts_from(tmp_path, count_train
     cache = ModelCache(tmp_path)
     result, _ = evaluate(record_start, cache, n=2, recipe_overrides={"epochs": 1})
     trained = len(count_training)
+    reads = []
+    load_weights = cache.load_weights
+    cache.load_weights = lambda *a, **kw: reads.append(a) or load_weights(*a, **kw)
     net, setup, seconds = pipeline.original_model(result.config, cache=cache, progress=False)
     assert len(count_training) == trained  # read back from the cache, not trained again
+    assert len(reads) == 1  # its weights and its seconds come from one read
     assert not net.training and setup.describe() == result.data
     state = net.state_dict()
     assert state.keys() == starts[0].keys()
