@@ -16,8 +16,10 @@ one call and within ``--deadline-s`` (it stops starting work that would not fit)
    it is the budget), its median held-out log-odds against ``relearn``'s
    ``reset_below_logodds``, the reset epochs ``relearn`` estimates that 20% affords, and the
    regime its rule then chooses (``relearn.choose_regime``, the same functions a run calls).
-3. ``boards``: the leaderboard of that setting for ``relearn`` and the 8 competition entries
-   (the Spearman's rho of issue 16's first target), at the competition's budget rule
+3. ``boards``: the leaderboard of that setting for ``relearn``, ``relearn`` forced into the
+   regime its rule did not choose (``relearn[regime=...]``: whether the rule chose well on the
+   competition's model) and the 8 competition entries (the Spearman's rho of issue 16's first
+   target), at the competition's budget rule
    (``--budget-s auto``: the original above was timed on this machine in this call), at each
    N of ``--stages`` in turn. A larger N reuses the smaller one's cached models; it starts
    only if the last board's seconds, scaled by N, fit before the deadline
@@ -60,7 +62,7 @@ from local_eval.cli.leaderboard import JOURNAL
 from local_eval.common.files import atomic_write_bytes
 from local_eval.common.provenance import versions
 from local_eval.data.setup import make_loader
-from local_eval.reporting.leaderboard import PRIVATE_LEADERBOARD
+from local_eval.reporting.leaderboard import PRIVATE_LEADERBOARD, choose_methods
 from local_eval.runs.competition import SETTING
 from local_eval.runs.pipeline import EvalConfig, original_model
 from local_eval.training.cache import ModelCache
@@ -79,9 +81,13 @@ RELEARN_DEFAULTS = {
 }
 
 
-def board_methods() -> list[str]:
-    """The default and the 8 entries, in the private leaderboard's order."""
-    return ["relearn", *PRIVATE_LEADERBOARD]
+def board_methods(regime: str | None = None) -> list[str]:
+    """The default and the 8 entries, in the private leaderboard's order; given the regime
+    ``relearn``'s rule chose for the setting, also ``relearn`` forced into the other one (a
+    variant row on the same references: whether the rule chose well there)."""
+    other = {"reset": "perturb", "perturb": "reset"}.get(regime)
+    variant = [] if other is None else [f"relearn[regime={other}]"]
+    return ["relearn", *variant, *PRIVATE_LEADERBOARD]
 
 
 def next_stage_fits(
@@ -201,7 +207,6 @@ def run_checks(
     work = Path(tempfile.mkdtemp(prefix="device-checks-")) if work is None else work
     log = out / "device_checks.log"
     options = setting_options(overrides or {})
-    methods = board_methods() if methods is None else methods
     summary = {
         "machine": {
             "python": platform.python_version(),
@@ -228,6 +233,8 @@ def run_checks(
     save()
     summary["saturation"] = saturation_reading(options, cache_dir=work / "cache", device=device)
     save()
+    methods = board_methods(summary["saturation"]["regime"]) if methods is None else methods
+    summary["methods"] = methods
     summary["boards"] = []
     last = None
     for n in stages:
@@ -270,7 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", default=",".join(map(str, DEFAULT_STAGES)),
                         help="the boards' N, in turn (default 8,16,32)")  # fmt: skip
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--methods", default=None, help="comma list (default: relearn + 8)")
+    parser.add_argument("--methods", default=None,
+                        help="as the leaderboard's --methods (default: relearn, relearn in the "
+                        "regime its rule did not choose, and the 8 entries)")  # fmt: skip
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="change the setting (a smoke run on a CPU)")  # fmt: skip
     parser.add_argument("--reset-repeats", type=int, default=20)
@@ -286,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         deadline_s=args.deadline_s,
         device=args.device,
         overrides=_overrides(args.set),
-        methods=None if args.methods is None else args.methods.split(","),
+        methods=None if args.methods is None else choose_methods(args.methods),
         reset_repeats=args.reset_repeats,
     )
     sat = summary["saturation"]

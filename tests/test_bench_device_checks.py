@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import bench.device_checks as dc
-from local_eval.reporting.leaderboard import PRIVATE_LEADERBOARD
+from local_eval.reporting.leaderboard import PRIVATE_LEADERBOARD, choose_methods
 from local_eval.runs.competition import SETTING
 from submission.methods.relearn import choose_regime
 
@@ -43,6 +43,15 @@ def test_the_boards_are_the_competition_setting_with_the_competitions_model_on_m
         "--methods": ",".join(["relearn", *PRIVATE_LEADERBOARD]),
         "--out": "B", "--cache-dir": "C",
     }  # fmt: skip
+
+
+def test_the_board_adds_relearn_forced_into_the_regime_its_rule_did_not_choose():
+    entries = list(PRIVATE_LEADERBOARD)
+    assert dc.board_methods() == ["relearn", *entries]
+    assert dc.board_methods("perturb") == ["relearn", "relearn[regime=reset]", *entries]
+    assert dc.board_methods("reset") == ["relearn", "relearn[regime=perturb]", *entries]
+    # the leaderboard takes the list as it is given to it
+    assert choose_methods(",".join(dc.board_methods("perturb"))) == dc.board_methods("perturb")
 
 
 def test_a_stage_that_would_not_fit_is_skipped_and_said(monkeypatch, tmp_path):
@@ -94,7 +103,7 @@ def test_every_stage_runs_on_a_cpu_and_writes_at_most_eight_files(tmp_path):
     out = tmp_path / "out"
     code = dc.main([
         "--out", str(out), "--stages", "2,3", "--deadline-s", "400", "--reset-repeats", "1",
-        "--methods", "relearn,finetune", "--device", "cpu",
+        "--methods", "relearn,relearn[regime=perturb,perturb=0.5],finetune", "--device", "cpu",
         *[arg for name, value in SMALL.items() for arg in ("--set", f"{name}={value}")],
     ])  # fmt: skip
     assert code == 0
@@ -121,5 +130,7 @@ def test_every_stage_runs_on_a_cpu_and_writes_at_most_eight_files(tmp_path):
     assert [b["n_models"] for b in summary["boards"]] == [2, 3]
     assert all(b["rc"] == 0 and not b["timed_out"] for b in summary["boards"])
     board = json.loads((out / "board-n3.json").read_text())
-    assert sorted(r["method"] for r in board["rows"]) == ["finetune", "relearn"]
+    assert sorted(r["method"] for r in board["rows"]) == [
+        "finetune", "relearn", "relearn[regime=perturb,perturb=0.5]"]  # fmt: skip
+    assert summary["methods"] == ["relearn", "relearn[regime=perturb,perturb=0.5]", "finetune"]
     assert "--arch smallcnn" in (out / "device_checks.log").read_text()
