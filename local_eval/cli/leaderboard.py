@@ -48,8 +48,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--methods",
         default="all",
-        help="all (default) or a comma list of names; NAME[K=V,...] adds a variant of a "
-        "method with those hyperparameters, e.g. relearn,relearn[regime=reset]",
+        help="all (default: every method) or a comma list of names and 'all'; NAME[K=V,...] "
+        "adds a variant of a method with those hyperparameters, e.g. all,relearn[regime=reset]",
     )
     p.add_argument(
         "--repeats",

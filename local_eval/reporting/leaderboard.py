@@ -1033,15 +1033,18 @@ def machine(device: str) -> str:
 
 
 def choose_methods(spec: str) -> list[str]:
-    """``all`` -> every registered method (registry order); else a comma list of board
-    entries, checked: a method's name, or a variant of it, ``NAME[K=V,...]`` (the method with
-    those hyperparameters, as ``--hp`` gives them), e.g. ``relearn,relearn[regime=reset]``.
-    A variant is its own row; it is not the default and not a competition entry."""
+    """A comma list of board entries, checked: ``all`` (every registered method, in registry
+    order), a method's name, or a variant of it, ``NAME[K=V,...]`` (the method with those
+    hyperparameters, as ``--hp`` gives them), e.g. ``all,relearn[regime=reset]``. A variant
+    is its own row; it is not the default and not a competition entry."""
     from submission import METHODS
 
-    if spec.strip() == "all":
-        return list(METHODS)
-    labels = [_normal_label(piece) for piece in _split_top(spec, ",") if piece.strip()]
+    labels = []
+    for piece in _split_top(spec, ","):
+        if piece.strip() == "all":
+            labels += list(METHODS)
+        elif piece.strip():
+            labels.append(_normal_label(piece))
     if not labels:
         raise ValueError("--methods is empty; give 'all' or a comma-separated list of names")
     for label in labels:

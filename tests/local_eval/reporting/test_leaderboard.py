@@ -602,6 +602,9 @@ def test_a_board_entry_is_a_method_or_a_variant_of_one_with_its_hyperparameters(
         " relearn, relearn[ regime=reset , epochs=4 ],prune_reinit,relearn,ssd[dampening=(1, 2)]"
     ) == ["relearn", "relearn[regime=reset,epochs=4]", "prune_reinit", "ssd[dampening=(1, 2)]"]
     assert leaderboard.method_entry("relearn") == ("relearn", {})
+    assert leaderboard.choose_methods("all") == list(submission.METHODS)
+    assert leaderboard.choose_methods("relearn[regime=reset], all,relearn") == [
+        "relearn[regime=reset]", *submission.METHODS]  # fmt: skip
     assert leaderboard.method_entry("relearn[regime=reset,epochs=4]") == (
         "relearn", {"regime": "reset", "epochs": 4})  # fmt: skip
     assert leaderboard.method_entry("ssd[dampening=(1, 2)]") == ("ssd", {"dampening": (1, 2)})
@@ -615,6 +618,15 @@ def test_a_board_entry_is_a_method_or_a_variant_of_one_with_its_hyperparameters(
     ]:
         with pytest.raises(ValueError, match=re.escape(said)):
             leaderboard.choose_methods(spec)
+
+
+def test_a_variant_the_method_cannot_take_is_refused_before_any_work(tmp_path, capsys):
+    argv = ["leaderboard", "--methods", "relearn,relearn[regim=reset]", "--quiet",
+            "--out", str(tmp_path / "board"), "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error: relearn has no hyperparameter regim; its hyperparameters: regime," in err
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "board").exists()
 
 
 def test_a_variant_runs_with_its_hyperparameters_as_its_own_row(tmp_path, monkeypatch):
