@@ -18,10 +18,15 @@ from pathlib import Path
 from local_eval.common.errors import UsageError
 from local_eval.common.files import atomic_write_json
 
-__all__ = ["Journal"]
+__all__ = ["Journal", "is_key"]
 
 IDENTITY = "identity.json"
 _KEY = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def is_key(key: str) -> bool:
+    """Whether ``key`` can name a journal's piece (it becomes a file name)."""
+    return bool(_KEY.fullmatch(key)) and key + ".json" != IDENTITY
 
 
 class Journal:
@@ -64,7 +69,7 @@ class Journal:
         atomic_write_json(self._path(key), value)
 
     def _path(self, key: str) -> Path:
-        if not _KEY.fullmatch(key) or key + ".json" == IDENTITY:
+        if not is_key(key):
             raise ValueError(
                 f"a journal key is letters, digits and '_.-' (not 'identity'): {key!r}"
             )

@@ -62,7 +62,7 @@ import numpy as np
 
 from local_eval.common.errors import RunTimeout, UsageError
 from local_eval.common.files import atomic_write_bytes
-from local_eval.common.journal import Journal
+from local_eval.common.journal import Journal, is_key
 from local_eval.reporting.outputs import score_result
 from local_eval.reporting.report import (
     bootstrap_interval,
@@ -1105,7 +1105,7 @@ def _split_top(text: str, sep: str) -> list[str]:
 def _row_key(repeat: int, label: str) -> str:
     """A row's journal key: a method's name as it is (boards journaled before variants
     existed resume), a variant's with a digest of its label (keys are file names)."""
-    if re.fullmatch(r"[\w.-]+", label):
+    if is_key(f"row-{repeat}-{label}"):
         return f"row-{repeat}-{label}"
     name = method_entry(label)[0]
     return f"row-{repeat}-{name}-{hashlib.sha256(label.encode()).hexdigest()[:12]}"
