@@ -9,7 +9,14 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 
-__all__ = ["count_batches", "cycle_batches", "device_batches", "mixed_batches", "unpack_batch"]
+__all__ = [
+    "count_batches",
+    "cycle_batches",
+    "device_batches",
+    "group_size",
+    "mixed_batches",
+    "unpack_batch",
+]
 
 LABEL_KEYS = ("age_group", "label", "labels")
 
@@ -73,6 +80,19 @@ def mixed_batches(
         take_r = (i + 1) * n_retain // steps > i * n_retain // steps
         take_f = (i + 1) * n_forget // steps > i * n_forget // steps
         yield (next(r_it) if take_r else None), (next(f_it) if take_f else None)
+
+
+def group_size(loader, batch_size: int | None) -> int:
+    """How many of ``loader``'s batches make one batch of ``batch_size`` examples (at least 1).
+
+    For a recipe published with larger batches than the loader's: its steps are taken over
+    groups of loader batches with their gradients accumulated. ``None`` (or a loader whose
+    batch size is unknown, as a plain list's) keeps one step a loader batch.
+    """
+    loader_batch = getattr(loader, "batch_size", None)
+    if batch_size is None or not isinstance(loader_batch, int) or loader_batch <= 0:
+        return 1
+    return max(1, round(batch_size / loader_batch))
 
 
 def count_batches(loader) -> int:

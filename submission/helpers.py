@@ -24,7 +24,6 @@ __all__ = [
     "num_classes",
     "penultimate_features",
     "projection_shortcuts",
-    "random_wrong_labels",
     "reinitialise",
     "reinitialise_tensors",
     "teacher_kl",
@@ -83,12 +82,6 @@ def teacher_kl(
     log_p_student = F.log_softmax(student_logits / t, dim=1)
     p_teacher = F.softmax(teacher_logits.detach() / t, dim=1)
     return F.kl_div(log_p_student, p_teacher, reduction="batchmean") * (t * t)
-
-
-def random_wrong_labels(y: torch.Tensor, classes: int) -> torch.Tensor:
-    """A uniformly random label different from ``y`` for every entry (torch's generator)."""
-    shift = torch.randint(1, classes, y.shape, device=y.device)
-    return (y + shift) % classes
 
 
 def apply_grad_masks(masks: dict[nn.Parameter, torch.Tensor], *, weight_decay: float = 0.0) -> None:

@@ -17,11 +17,15 @@ default is 3).
 Adapted: the embedding is the model's L2-normalised penultimate features (the code adds a
 128-d projection head, which the competition's model has not), and the logits are the
 model's own; the "test" accuracy is the accuracy on ``val`` (what a submission gets to see),
-measured afresh after each pass, as the code measures its test set; the retain batches run on
-from one shuffled stream instead of restarting a retain iterator for every forget batch (the
-same draws in distribution); an anchor with no retain sample of its class gets the code's
-single-class rule (+1 inside the log) instead of the infinite loss its random-sample branch
-would give, and one with no sample of another class is skipped.
+measured afresh after each pass, as the code measures its test set, and on the whole of both
+sets under a budget too (the rule is the paper's only when it reads them whole); the retain
+batches run on from one stream over the (shuffled) retain loader. As shipped, the code builds
+its retain loader without the random sampler meant for it (``Data_Loader`` calls
+``Sampler_Loader`` without ``is_train``, so that sampler is never made) and restarts the
+unshuffled retain iterator for every forget batch, reading the same first 4 retain batches
+each time; the kit draws on, as that sampler would have. An anchor with no retain sample of
+its class gets the code's single-class rule (+1 inside the log) instead of the infinite loss
+its random-sample branch would give, and one with no sample of another class is skipped.
 """
 
 import torch
@@ -88,8 +92,12 @@ def contrastive(
     device = device_of(net)
     n_forget, n_val = count_batches(forget), count_batches(val)
     per_epoch = n_forget * retain_batches
-    # The accuracy passes run in a loop of their own: their steps are far cheaper.
-    checks = TrainLoop(deadline, planned_steps=max_epochs * (n_val + n_forget), device=device)
+    # The accuracy passes run in a loop of their own (their steps are far cheaper), and whole:
+    # the stopping rule compares the accuracies of the two sets, not of parts of them.
+    planned_checks = max_epochs * (n_val + n_forget)
+    checks = TrainLoop(
+        deadline, planned_steps=planned_checks, full_steps=planned_checks, device=device
+    )
     loop = TrainLoop(deadline, planned_steps=max_epochs * per_epoch, device=device)
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum)
 
@@ -104,7 +112,7 @@ def contrastive(
             total += len(y)
 
         net.eval()
-        checks.run(device_batches(loader, device), count, steps=steps)
+        checks.run(device_batches(loader, device), count, steps=steps, full=True)
         return correct / total if total else None
 
     def pairs():

@@ -11,8 +11,9 @@ Weights the retain set needs (large F) barely move; the rest are drowned in nois
 
 The variance rule is the official code's (``get_mean_var`` in the authors' notebooks,
 ``AdityaGolatkar/SelectiveForgetting``): after the clamp, a multi-dimensional weight's
-variance is averaged over dim 1 (one variance per output unit, broadcast back), and the
-classifier's and every 1-D parameter's (BatchNorm, biases) is multiplied by 10. alpha 1e-6 is
+variance is averaged over dim 1 (a conv's input channels: one variance per output channel and
+kernel position, broadcast back), and the classifier's and every 1-D parameter's (BatchNorm,
+biases) is multiplied by 10. alpha 1e-6 is
 the paper's alpha only with both, since it was calibrated with them; ``official_variance=False``
 gives the per-weight rule alone. The code finds the classifier as the rows of size
 ``num_classes``; here it is the last ``Linear`` (a conv with as many channels as there are
@@ -112,8 +113,9 @@ def noise_variance(
     """The noise variance of one parameter tensor from its diagonal Fisher.
 
     ``alpha * min(1 / (F + eps), clamp)`` elementwise; with ``official`` (the published code's
-    ``get_mean_var``), then averaged over dim 1 of a multi-dimensional tensor (so every
-    output unit's weights share one variance, broadcast back) and multiplied by 10 for the
+    ``get_mean_var``), then averaged over dim 1 of a multi-dimensional tensor (a conv's input
+    channels: one variance per output channel and kernel position, broadcast back) and
+    multiplied by 10 for the
     ``classifier``'s weight and bias and for every 1-D tensor (BatchNorm's, biases).
     """
     var = alpha * (1.0 / (fisher + eps)).clamp(max=clamp)

@@ -4,13 +4,13 @@ Recipe (rank 9 on the Kaggle private leaderboard of the NeurIPS 2023 Machine Unl
 competition; Jaesin Ahn, Chaehyeon Lee, Jun-Hyun Bae, Junho Yim and Heechul Jung, Kyungpook
 National University / LG Energy Solution; their writeup "9th Place Solution (Forget set-free
 Approach, 3rd on Public LB)", kaggle.com/c/neurips-2023-machine-unlearning/discussion/458715,
-and their project page junhyunb.github.io/en/projects/neurips2023-unlearning, which counts it
-8th in prize places). A frozen copy of the original model is kept. Each cycle is a *forgetting
-phase*, re-initialising a few randomly drawn layers, then a *remembering phase*, training the
-network to reproduce the original's outputs on retain images with Gaussian noise added
-(the "knowledge preserving" loss). The damage accumulates over the cycles while the retain
-behaviour is restored after each. Only the retain set is read: the forget and validation sets
-never are (writeup, "Conclusion").
+and their project page junhyunb.github.io/en/projects/neurips2023-unlearning, which says "8th
+place out of 1,121 teams" on the final private leaderboard). A frozen copy of the original model
+is kept. Each cycle is a *forgetting phase*, re-initialising a few randomly drawn layers, then
+a *remembering phase*, training the network to reproduce the original's outputs on retain
+images with Gaussian noise added (the "knowledge preserving" loss). The damage accumulates over
+the cycles while the retain behaviour is restored after each. Only the retain set is read: the
+forget and validation sets never are (writeup, "Conclusion").
 
 The numbers, from the writeup's "Experimental Settings" (the project page's "Algorithm
 hyperparameters" gives the same):

@@ -38,12 +38,16 @@ Every number is the team's, as DeepUnlearn ported their notebook (``xcadet/deepu
   does not arise on torchvision's ResNet-18 (no conv has a bias). ``redraw_conv_bias=False``
   keeps such biases instead.
 
-methods.md agrees with every number above. The team's Kaggle writeup was not found here, so
-none of this could be checked beyond the port. The kit's previous version differed: weight
-decay of the kept conv weights scaled by 0.1 with their gradients (the team's decay is unscaled),
-a per-step linear warm-up then decay (the team's per-epoch [1/3, 2/3, 1, 2/3, 1/3]), a retain
-subset of as many loader batches as the forget set has rather than as many samples, and conv
-biases kept.
+methods.md agrees with every number above. The team's writeup ("3rd place solution",
+kaggle.com/c/neurips-2023-machine-unlearning/discussion/459200) agrees with the port on the gradient
+collection (ascent on forget, descent on an equal-sized random retain subset), the 30%
+smallest-|gradient| conv weights redrawn with He initialisation (fan_out, relu), the 1/10 gradient
+scale of the kept weights and a warm-up-then-linear-decay schedule; it calls the re-initialisation
+"globally unstructured", where the port's code picks 30% of each conv: the kit follows the code. The
+kit's previous version differed: weight decay of the kept conv weights scaled by 0.1 with their
+gradients (the team's decay is unscaled), a per-step linear warm-up then decay (the team's per-epoch
+[1/3, 2/3, 1, 2/3, 1/3]), a retain subset of as many loader batches as the forget set has rather
+than as many samples, and conv biases kept.
 
 Adapted: the team swaps each conv for a masked subclass; the kit keeps the modules and copies
 the redrawn values into the existing weights, and multiplies the conv weights' gradients by the

@@ -1,8 +1,16 @@
 """NegGrad+: gradient descent on retain and ascent on forget in the same step.
 
 Recipe (Kurmanji et al. 2023, "Towards Unbounded Machine Unlearning", NeurIPS; the NegGrad+
-baseline): ``loss = a * CE(retain batch) - (1 - a) * CE(forget batch)`` with a = 0.95, one
-retain epoch with the forget set cycled alongside, SGD with momentum and weight decay.
+baseline of their code ``meghdadk/SCRUB``), for the loss: ``loss = a * CE(retain batch) -
+(1 - a) * CE(forget batch)`` with a = 0.95 (their small-scale notebook; 0.9999 in the
+large-scale ones), one retain epoch with the forget set cycled alongside
+(``zip(retain, cycle(forget))``).
+
+The optimizer is the kit's, not theirs: one epoch of SGD lr 1e-3, momentum 0.9, weight decay
+5e-4, cosine (the competition starter's fine-tuning settings, as ``finetune``). Their code runs
+5-10 epochs of plain SGD at lr 0.01 without momentum (``train_negrad``; the small-scale
+notebook's own loop adds an L2 pull towards the original weights to the retain term and keeps
+the model in eval mode): ``epochs=10, lr=0.01, momentum=0.0, weight_decay=0.0`` comes near.
 """
 
 import torch

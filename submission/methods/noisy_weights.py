@@ -36,12 +36,15 @@ private-leaderboard rank, and the port names no team):
   never used.
 
 methods.md agrees with the noise (0.6, the stem only, 0.005 before the last epoch), the 4 epochs,
-the optimiser and the class weights, but gives no schedule (the port has the per-epoch cosine
-above) and not how the weights enter the loss (the port's batch scaling above). The team's Kaggle
-writeup could not be found here to check either against; the kit follows the port. The kit's
-previous version noised every conv, used lr 1e-2 with a per-step cosine, inverse label
-frequencies as per-sample weights and noised again before the last epoch even when there was only
-one; the sources support none of these.
+the optimiser and the class weights, but gives no schedule (the port has the per-epoch cosine above)
+and not how the weights enter the loss (the port's batch scaling above). The team's writeup
+("Unlearning solution (3rd rank)", kaggle.com/c/neurips-2023-machine-unlearning/discussion/459334)
+gives neither; it gives sigma 0.6 on "the convolutional layers" (plural; the code's name test
+noises the stem alone, and the kit follows the code), 4 epochs of SGD lr 7e-4, momentum 0.9, weight
+decay 5e-4, a light variation before the last epoch, and the weights 1 for class 0 and 0.05 for the
+rest. The kit's previous version noised every conv, used lr 1e-2 with a per-step cosine, inverse
+label frequencies as per-sample weights and noised again before the last epoch even when there was
+only one; the sources support none of these.
 
 Adapted: the team picks the noised layers by module name; the kit takes the first ``nn.Conv2d``
 in registration order, which is the same layer (``conv1``) on torchvision's ResNet-18 and is
@@ -55,7 +58,6 @@ published recipe as far as the budget allows (every epoch shortened evenly throu
 warns (:class:`NoisyWeightsBudgetWarning`) with how many of the planned retain steps ran.
 ``budget_s=None`` runs the recipe in full; ``epochs=0`` returns the noised model untrained.
 """
-
 
 import torch
 import torch.nn.functional as F

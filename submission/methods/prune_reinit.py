@@ -43,11 +43,14 @@ rank, and the port names no team):
   floating parameter and buffer rounded to float16 precision;
 - batch 64 (l. 103; the kit takes the loaders' size).
 
-methods.md agrees with all of these except the biases noted above. The team's Kaggle writeup
-could not be found here to check the port against. The kit's previous version pruned per layer
-(not one global threshold), weights only, redrew pruned entries from the Kaiming-uniform
-default, trained 3 epochs at lr 1e-2 with a per-step cosine, used unweighted cross-entropy and
-had no float16 round trip; the sources support none of these.
+methods.md agrees with all of these except the biases noted above. The team's writeup ("5th Place
+Solution", kaggle.com/c/neurips-2023-machine-unlearning/discussion/459148) agrees with the port
+where it gives numbers: 99% pruned by an unstructured L1 criterion and re-initialised, fine-tuning
+on retain with cross-entropy weighted w^0.1 plus the MSE between the entropies of the original's and
+the model's predictions. The kit's previous version pruned per layer (not one global threshold),
+weights only, redrew pruned entries from the Kaiming-uniform default, trained 3 epochs at lr 1e-2
+with a per-step cosine, used unweighted cross-entropy and had no float16 round trip; the sources
+support none of these.
 
 Adapted: the kit computes the same global mask as torch's pruning utilities directly (it keeps
 the ``N - round(amount * N)`` largest |values|, which is the same set unless values tie at the

@@ -1,42 +1,54 @@
-"""Random-label unlearning: train on the forget set relabelled at random, mixed with retain.
+"""Random-label unlearning: train on the forget set relabelled at random, then on retain.
 
-Recipe (Golatkar et al. 2020 / Hayase et al. 2020 baseline, as run by Fan et al. 2024,
-"SalUn", ICLR, ``unlearn/RL.py``): the forget samples get a random wrong label and are
-trained on together with the retain samples (one epoch = every retain and every relabelled
-forget batch once, mixed evenly); 10 epochs, SGD lr 0.013, momentum 0.9, weight decay 5e-4.
+Recipe (the baseline of Golatkar et al. 2020 / Hayase et al. 2020 as Fan et al. 2024 run it,
+"SalUn", ICLR: ``Classification/unlearn/RL.py``, ``unlearn/impl.py`` and ``arg_parser.py`` of
+``OPTML-Group/Unlearn-Saliency``): each epoch first goes over every forget batch with labels
+drawn uniformly over the classes (``torch.randint(0, num_classes)``: one label in C stays the
+true one), then over every retain batch with its own labels (their CIFAR-10 branch; the
+CIFAR-100 one shuffles the two sets together); 10 epochs, SGD lr 0.013 (the README's SalUn
+command, which runs this loop), momentum 0.9, weight decay 5e-4, the rate constant (their
+MultiStepLR decays at epochs 91 and 136, after the 10).
+
+Under a budget the forget passes run whole (the forget set is small and they do the
+forgetting); the retain passes take the time left.
 """
 
 import torch
 import torch.nn.functional as F
 
-from ..batches import count_batches, mixed_batches
-from ..helpers import device_of, num_classes, random_wrong_labels
-from ..loop import Deadline, Schedule, TrainLoop, cosine
+from ..batches import count_batches, device_batches
+from ..helpers import device_of, num_classes
+from ..loop import Deadline, TrainLoop
 from ..registry import register
 
 
-def relabelled_step(net, optimizer, *, before_step=None):
-    """A step on a ``(retain | None, forget | None)`` pair, forget labels made random & wrong."""
+def relabelled_epochs(net, optimizer, retain, forget, loop: TrainLoop, *, epochs: int,
+                      before_step=None) -> None:  # fmt: skip
+    """RL.py's epochs on ``net`` (train mode) within ``loop``: the forget set relabelled at
+    random (run whole), then the retain set (scaled to the budget). ``before_step`` runs
+    between the backward pass and the optimizer step."""
+    device = device_of(net)
     classes = num_classes(net)
+    n_retain, n_forget = count_batches(retain), count_batches(forget)
 
-    def step(batch):
-        retain_part, forget_part = batch
-        xs, ys = [], []
-        if retain_part is not None:
-            xs.append(retain_part[0])
-            ys.append(retain_part[1])
-        if forget_part is not None:
-            xs.append(forget_part[0])
-            ys.append(random_wrong_labels(forget_part[1], classes))
+    def step(batch, relabel: bool):
+        x, y = batch
+        if relabel:
+            y = torch.randint(0, classes, y.shape, device=y.device)
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(net(torch.cat(xs)), torch.cat(ys))
+        loss = F.cross_entropy(net(x), y)
         loss.backward()
         if before_step is not None:
             before_step()
         optimizer.step()
         return loss
 
-    return step
+    net.train()
+    for _ in range(epochs):
+        loop.run(device_batches(forget, device), lambda b: step(b, True), steps=n_forget, full=True)
+        loop.run(device_batches(retain, device), lambda b: step(b, False), steps=n_retain)
+        if loop.stopped:
+            break
 
 
 @register("random_label")
@@ -52,23 +64,15 @@ def random_label(
     momentum: float = 0.9,
     weight_decay: float = 5e-4,
 ):
-    deadline = Deadline(budget_s)
-    device = device_of(net)
     n_retain, n_forget = count_batches(retain), count_batches(forget)
-    per_epoch = max(n_retain, n_forget)
+    loop = TrainLoop(
+        Deadline(budget_s),
+        planned_steps=epochs * (n_forget + n_retain),
+        full_steps=epochs * n_forget,
+        device=device_of(net),
+    )
     optimizer = torch.optim.SGD(
         net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
     )
-    schedule = Schedule(optimizer, cosine, planned_steps=epochs * per_epoch)
-    loop = TrainLoop(deadline, planned_steps=epochs * per_epoch, device=device)
-    step = relabelled_step(net, optimizer)
-
-    net.train()
-    loop.run_epochs(
-        epochs,
-        lambda: mixed_batches(retain, forget, device, n_retain=n_retain, n_forget=n_forget),
-        step,
-        steps=per_epoch,
-        schedules=(schedule,),
-    )
+    relabelled_epochs(net, optimizer, retain, forget, loop, epochs=epochs)
     return net.eval()

@@ -1,21 +1,28 @@
 """SalUn: random-label unlearning restricted to the weights salient for the forget set.
 
 Recipe (Fan et al. 2024, "SalUn: Empowering Machine Unlearning via Gradient-based Weight
-Saliency in Both Image Classification and Generation", ICLR; ``generate_mask.py`` and
-``main_random.py --unlearn RL --mask_path with_0.5.pt``): the saliency mask keeps the top 50%
-of all weights by |gradient of the forget loss| (one pass over the forget set, eval mode,
-one global threshold); then random-label training (10 epochs, SGD lr 0.013) updates only the
-masked weights. Weight decay and momentum never touch the frozen weights.
+Saliency in Both Image Classification and Generation", ICLR; ``Classification/generate_mask.py``
+and the README's ``main_random.py --unlearn RL --unlearn_epochs 10 --unlearn_lr 0.013
+--mask_path mask/with_0.5.pt`` of ``OPTML-Group/Unlearn-Saliency``): the saliency mask keeps
+the top 50% of all weights by |gradient of the forget loss| (one pass over the forget set,
+eval mode, one global threshold); then random-label training (``random_label``'s epochs:
+each the forget set relabelled at random, then the retain set; 10 epochs, SGD lr 0.013,
+momentum 0.9, weight decay 5e-4, constant) updates only the masked weights. Weight decay and
+momentum never touch the frozen weights (as their ``_restore_masked_params`` does since
+their weight-decay fix).
+
+Under a budget the saliency pass and the forget passes run whole; the retain passes take the
+time left.
 """
 
 import torch
 import torch.nn.functional as F
 
-from ..batches import count_batches, device_batches, mixed_batches
+from ..batches import count_batches, device_batches
 from ..helpers import apply_grad_masks, device_of
-from ..loop import Deadline, Schedule, TrainLoop, cosine
+from ..loop import Deadline, TrainLoop
 from ..registry import register
-from .random_label import relabelled_step
+from .random_label import relabelled_epochs
 
 
 def saliency_masks(net, grads: dict, keep: float) -> dict:
@@ -45,8 +52,10 @@ def salun(
     deadline = Deadline(budget_s)
     device = device_of(net)
     n_retain, n_forget = count_batches(retain), count_batches(forget)
-    per_epoch = max(n_retain, n_forget)
-    loop = TrainLoop(deadline, planned_steps=n_forget + epochs * per_epoch, device=device)
+    full = (1 + epochs) * n_forget  # the saliency pass and each epoch's forget pass
+    loop = TrainLoop(
+        deadline, planned_steps=full + epochs * n_retain, full_steps=full, device=device
+    )
     params = [p for p in net.parameters() if p.requires_grad]
 
     # 1. Saliency: accumulated gradient of the forget loss (eval mode: BN statistics untouched).
@@ -59,7 +68,7 @@ def salun(
         loss.backward()
         return loss
 
-    loop.run(device_batches(forget, device), grad_step, steps=n_forget)
+    loop.run(device_batches(forget, device), grad_step, steps=n_forget, full=True)
     grads = {
         p: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)) for p in params
     }
@@ -68,16 +77,8 @@ def salun(
 
     # 2. Random-label training of the salient weights only (decay folded into the mask).
     optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=0.0)
-    schedule = Schedule(optimizer, cosine, planned_steps=epochs * per_epoch)
-    step = relabelled_step(
-        net, optimizer, before_step=lambda: apply_grad_masks(masks, weight_decay=weight_decay)
-    )
-    net.train()
-    loop.run_epochs(
-        epochs,
-        lambda: mixed_batches(retain, forget, device, n_retain=n_retain, n_forget=n_forget),
-        step,
-        steps=per_epoch,
-        schedules=(schedule,),
-    )
+    relabelled_epochs(
+        net, optimizer, retain, forget, loop, epochs=epochs,
+        before_step=lambda: apply_grad_masks(masks, weight_decay=weight_decay),
+    )  # fmt: skip
     return net.eval()

@@ -43,7 +43,11 @@ def ssd(
     deadline = Deadline(budget_s)
     device = device_of(net)
     n_retain, n_forget = count_batches(retain), count_batches(forget)
-    loop = TrainLoop(deadline, planned_steps=n_forget + n_retain, device=device)
+    # The forget pass runs whole (``full``): it is small, and a dampening chosen from part of
+    # it would leave the weights that only the unseen forget examples rely on untouched.
+    loop = TrainLoop(
+        deadline, planned_steps=n_forget + n_retain, full_steps=n_forget, device=device
+    )
     params = [p for p in net.parameters() if p.requires_grad]
     sums = {p: torch.zeros_like(p) for p in params}
 
@@ -59,7 +63,9 @@ def ssd(
         return loss
 
     net.eval()  # importances only: BatchNorm statistics stay as trained
-    seen_forget = loop.run(device_batches(forget, device), importance_step, steps=n_forget)
+    seen_forget = loop.run(
+        device_batches(forget, device), importance_step, steps=n_forget, full=True
+    )
     forget_sums = {p: s.clone() for p, s in sums.items()}
     for s in sums.values():
         s.zero_()

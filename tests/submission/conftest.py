@@ -51,10 +51,12 @@ class DictDataset(Dataset):
 
 
 class SlowLoader:
-    """Wraps a loader and sleeps ``delay_s`` per batch: a big recipe without using the CPU."""
+    """Wraps a loader and sleeps ``delay_s`` per batch: a big recipe without using the CPU.
+    ``read`` counts the batches read through it; ``batch_size`` is the loader's."""
 
-    def __init__(self, loader, delay_s: float):
-        self.loader, self.delay_s = loader, delay_s
+    def __init__(self, loader, delay_s: float = 0.0):
+        self.loader, self.delay_s, self.read = loader, delay_s, 0
+        self.batch_size = getattr(loader, "batch_size", None)
 
     def __len__(self):
         return len(self.loader)
@@ -62,6 +64,7 @@ class SlowLoader:
     def __iter__(self):
         for batch in self.loader:
             time.sleep(self.delay_s)
+            self.read += 1
             yield batch
 
 

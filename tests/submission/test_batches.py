@@ -2,8 +2,15 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from torch.utils.data import DataLoader, TensorDataset
 
-from submission.batches import count_batches, cycle_batches, mixed_batches, unpack_batch
+from submission.batches import (
+    count_batches,
+    cycle_batches,
+    group_size,
+    mixed_batches,
+    unpack_batch,
+)
 
 
 def test_dict_batch_is_unpacked_to_image_and_age_group():
@@ -72,3 +79,11 @@ def test_copies_are_asynchronous_only_towards_a_gpu(monkeypatch):
     unpack_batch(batch, "cpu")
     unpack_batch(batch, torch.device("cuda:0"))
     assert seen == [("cpu", False), ("cpu", False), ("cuda:0", True), ("cuda:0", True)]
+
+
+def test_group_size_makes_the_published_batch_from_the_loaders():
+    loader = DataLoader(TensorDataset(torch.zeros(10, 1)), batch_size=64)
+    assert group_size(loader, 512) == 8 and group_size(loader, 256) == 4
+    assert group_size(loader, 16) == 1  # never less than one loader batch a step
+    assert group_size(loader, None) == 1
+    assert group_size([(torch.zeros(2), torch.zeros(2))], 512) == 1  # its batch size unknown

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import submission.methods.shrink_perturb as shrink_perturb_module
 from submission import METHODS, seed_everything
 from submission.helpers import last_linear
-from submission.loop import record_timings
+from submission.loop import record_timings, warm_up
 from submission.methods.contrastive import contrastive_unlearning_loss
 from submission.methods.fisher_forgetting import (
     FisherAccumulator,
@@ -29,7 +29,16 @@ from submission.methods.shrink_perturb import auto_perturb, rate_scale, shrink_a
 from submission.methods.svd_projection import forget_projection, scaled_projector
 from submission.methods.svd_projection import projection_seconds_per_cube as svd_projection_rate
 
-from .conftest import TinyNet, Untouchable, make_data, make_loader, make_net
+from .conftest import (
+    SlowLoader,
+    TinyNet,
+    Untouchable,
+    keyword_defaults,
+    make_data,
+    make_loader,
+    make_net,
+    recorded_steps,
+)
 
 # --- fisher_forgetting -------------------------------------------------------------------
 
@@ -231,6 +240,21 @@ def test_contrastive_stops_once_forget_accuracy_reaches_the_unseen_level(tiny_se
     # one epoch (1 forget batch x 3 retain batches), then the forget check (1) and the current
     # val accuracy (4 batches): the forget accuracy is at or below it, so it stops
     assert timings.steps == 3 + 1 + 4
+
+
+def test_contrastive_reads_the_whole_sets_for_its_stopping_rule_under_a_budget(tiny_setup):
+    """Under a budget far short of the 30 passes planned, the check after the first pass still
+    reads all of ``val`` (labels = the model's predictions, lr 0: the rule stops it there)."""
+    warm_up("cpu")
+    original, data, _ = tiny_setup
+    xv = make_data(80, seed=5)[0]
+    with torch.no_grad():
+        yv = original(xv).argmax(1)
+    val = SlowLoader(make_loader(xv, yv, form="tuple", batch_size=4), delay_s=0.01)
+    retain = make_loader(*data["retain"], form="tuple", batch_size=4)
+    forget = make_loader(*data["forget"], form="tuple", batch_size=4)
+    METHODS["contrastive"](copy.deepcopy(original), retain, forget, val, budget_s=2.0, lr=0.0)
+    assert val.read == 20
 
 
 # --- svd_projection ------------------------------------------------------------------------
@@ -567,6 +591,20 @@ def test_budgeted_ssd_dampens_the_weights_unbudgeted_ssd_does():
     assert changed > 0  # it does dampen something here
 
 
+def test_budgeted_ssd_reads_the_whole_forget_set_past_the_probe_steps():
+    """A forget set longer than the loop's probe steps, under a budget that cuts the retain
+    pass: every forget batch is still read (a dampening chosen from part of it misses the
+    weights only the unseen forget examples rely on)."""
+    torch.manual_seed(0)
+    net = TinyNet()
+    forget = Repeat(make_data(4, seed=1), 12, delay_s=0.01)
+    METHODS["ssd"](net, Repeat(make_data(8, seed=2), 200, delay_s=0.01), forget, [],
+                   budget_s=0.5)  # fmt: skip
+    seen = net.ssd_batches_
+    assert seen["forget"] == 12
+    assert 0 < seen["retain"] < 200
+
+
 def test_ssd_without_any_retain_batch_in_budget_says_so_and_does_nothing():
     original = TinyNet()
     net = copy.deepcopy(original)
@@ -596,3 +634,111 @@ def test_neggrad_climbs_the_forget_loss_and_never_reads_retain(tiny_setup):
     assert forget_loss(net) > forget_loss(original) + 0.1
     with pytest.raises(ValueError, match="epochs must be at least 1"):
         METHODS["neggrad"](net, Untouchable(), forget, [], epochs=0)
+
+
+# --- scrub ----------------------------------------------------------------------------------
+
+
+def linear_net(seed: int = 0) -> nn.Module:
+    """No BatchNorm: a step on a group of batches equals one on their concatenation."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
+
+
+def test_scrub_takes_the_published_settings_and_batch_sizes():
+    assert keyword_defaults(METHODS["scrub"]) == {
+        "budget_s": None, "epochs": 3, "msteps": 2, "gamma": 0.99, "alpha": 0.001,
+        "temperature": 4.0, "lr": 5e-4, "momentum": 0.9, "weight_decay": 5e-4,
+        "forget_batch": 512, "retain_batch": 256,
+    }  # fmt: skip
+
+
+def test_scrub_steps_on_groups_of_loader_batches_as_on_the_published_batches():
+    (xf, yf), (xr, yr) = make_data(8, seed=1, shift=2.0), make_data(16, seed=2)
+    small = copy.deepcopy(linear_net())
+    big = copy.deepcopy(small)
+    with recorded_steps() as steps:
+        METHODS["scrub"](small, make_loader(xr, yr, form="tuple", batch_size=2, shuffle=False),
+                         make_loader(xf, yf, form="tuple", batch_size=2, shuffle=False), [],
+                         forget_batch=4, retain_batch=8)  # fmt: skip
+    # 2 max epochs of 2 groups (4 loader batches in pairs) + 3 min epochs of 2 groups of 4
+    assert len(steps) == 2 * 2 + 3 * 2 and {s[1] for s in steps} == {5e-4}  # constant rate
+    METHODS["scrub"](big, make_loader(xr, yr, form="tuple", batch_size=8, shuffle=False),
+                     make_loader(xf, yf, form="tuple", batch_size=4, shuffle=False), [],
+                     forget_batch=None, retain_batch=None)  # fmt: skip
+    for a, b in zip(small.parameters(), big.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert not torch.equal(small[1].weight, linear_net()[1].weight)
+
+
+def test_scrub_runs_its_max_steps_whole_under_a_budget():
+    warm_up("cpu")  # torch's one-off start-up is not the method's (the runners do this too)
+    (xf, yf), (xr, yr) = make_data(24, seed=1, shift=2.0), make_data(160, seed=2)
+    forget = SlowLoader(make_loader(xf, yf, form="tuple", batch_size=4), delay_s=0.02)
+    retain = SlowLoader(make_loader(xr, yr, form="tuple", batch_size=4), delay_s=0.02)
+    METHODS["scrub"](make_net(), retain, forget, [], budget_s=1.0, forget_batch=None,
+                     retain_batch=None)  # fmt: skip
+    assert forget.read == 2 * 6  # msteps epochs over all 6 forget batches
+    assert 0 < retain.read < 3 * 40  # the min-steps took what was left
+
+
+# --- random_label and salun -----------------------------------------------------------------
+
+
+def recorded_batches(net):
+    """``(training, batch size)`` of every forward through ``net``, in order."""
+    seen = []
+    net.register_forward_pre_hook(lambda m, args: seen.append((m.training, len(args[0]))))
+    return seen
+
+
+@pytest.mark.parametrize("name", ["random_label", "salun"])
+def test_relabelling_goes_over_forget_then_retain_each_epoch_at_a_constant_rate(name):
+    (xf, yf), (xr, yr) = make_data(6, seed=1, shift=2.0), make_data(15, seed=2)
+    forget = make_loader(xf, yf, form="tuple", batch_size=3)
+    retain = make_loader(xr, yr, form="tuple", batch_size=5)
+    net = make_net()
+    seen = recorded_batches(net)
+    with recorded_steps() as steps:
+        METHODS[name](net, retain, forget, [], epochs=2)
+    saliency = [(False, 3)] * 2 if name == "salun" else []  # its mask: one eval pass on forget
+    assert seen == saliency + ([(True, 3)] * 2 + [(True, 5)] * 3) * 2
+    assert len(steps) == 10 and {s[1] for s in steps} == {0.013}
+
+
+def test_random_labels_are_uniform_over_the_classes_the_true_one_included(monkeypatch):
+    import submission.methods.random_label as random_label_module
+
+    targets = []
+
+    class Recording:
+        def __getattr__(self, attr):
+            return getattr(F, attr)
+
+        @staticmethod
+        def cross_entropy(logits, y):
+            targets.append(y.clone())
+            return F.cross_entropy(logits, y)
+
+    monkeypatch.setattr(random_label_module, "F", Recording())
+    xf, yf = make_data(10, seed=1)
+    forget = make_loader(xf, yf, form="tuple", batch_size=10, shuffle=False)
+    seed_everything(0)
+    METHODS["random_label"](make_net(), [], forget, [], epochs=200, lr=0.0)
+    drawn = torch.stack(targets)  # (epochs, 10): the forget batch's labels in each epoch
+    kept = (drawn == yf).float().mean().item()
+    assert 0.07 < kept < 0.13  # one in ten keeps its true label (2,000 draws)
+    counts = torch.bincount(drawn.flatten(), minlength=10)
+    assert counts.min() > 150 and counts.max() < 250  # about 200 of each class
+
+
+@pytest.mark.parametrize("name", ["random_label", "salun"])
+def test_relabelling_runs_its_forget_passes_whole_under_a_budget(name):
+    (xf, yf), (xr, yr) = make_data(12, seed=1, shift=2.0), make_data(80, seed=2)
+    warm_up("cpu")
+    forget = SlowLoader(make_loader(xf, yf, form="tuple", batch_size=4), delay_s=0.02)
+    retain = SlowLoader(make_loader(xr, yr, form="tuple", batch_size=4), delay_s=0.02)
+    METHODS[name](make_net(), retain, forget, [], budget_s=1.0, epochs=3)
+    passes = 3 + (1 if name == "salun" else 0)  # salun's saliency pass reads it once more
+    assert forget.read == passes * 3
+    assert 0 < retain.read < 3 * 20
