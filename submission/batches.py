@@ -10,10 +10,12 @@ from collections.abc import Iterable, Iterator, Mapping
 import torch
 
 __all__ = [
+    "COMPETITION_BATCH",
     "count_batches",
     "cycle_batches",
     "device_batches",
     "group_size",
+    "loader_batch_size",
     "mixed_batches",
     "unpack_batch",
 ]
@@ -82,15 +84,24 @@ def mixed_batches(
         yield (next(r_it) if take_r else None), (next(f_it) if take_f else None)
 
 
-def group_size(loader, batch_size: int | None) -> int:
+COMPETITION_BATCH = 64  # the batch size of the competition's loaders
+
+
+def loader_batch_size(loader) -> int | None:
+    """``loader.batch_size`` where it has one (a ``DataLoader``'s), else ``None``."""
+    size = getattr(loader, "batch_size", None)
+    return size if isinstance(size, int) and size > 0 else None
+
+
+def group_size(loader, batch_size: int | None, *, assume: int | None = None) -> int:
     """How many of ``loader``'s batches make one batch of ``batch_size`` examples (at least 1).
 
     For a recipe published with larger batches than the loader's: its steps are taken over
-    groups of loader batches with their gradients accumulated. ``None`` (or a loader whose
-    batch size is unknown, as a plain list's) keeps one step a loader batch.
+    groups of loader batches. ``None`` keeps one step a loader batch; so does a loader whose
+    batch size is unknown (a plain list's), unless ``assume`` gives one.
     """
-    loader_batch = getattr(loader, "batch_size", None)
-    if batch_size is None or not isinstance(loader_batch, int) or loader_batch <= 0:
+    loader_batch = loader_batch_size(loader) or assume
+    if batch_size is None or loader_batch is None:
         return 1
     return max(1, round(batch_size / loader_batch))
 

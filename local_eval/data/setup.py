@@ -68,6 +68,8 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
+from submission.batches import COMPETITION_BATCH
+
 __all__ = [
     "DATASETS",
     "KAGGLE_COLUMNS",
@@ -223,7 +225,8 @@ class SplitDataset(Dataset):
         return {k: v[0] for k, v in item.items()}
 
 
-LOADER_BATCH = 64  # the competition template's loaders: every run, every command
+# the competition template's loaders: every run, every command (what the methods assume)
+LOADER_BATCH = COMPETITION_BATCH
 
 
 def make_loader(

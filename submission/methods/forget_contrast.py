@@ -43,14 +43,14 @@ differed: KL(p || uniform) (the other direction), the first pass on the forget o
 instead of its own SGD at 5e-3, and retain batches of the loader's 64 samples (with the 4e-3 meant
 for 256) on both halves.
 
-Adapted: the team re-batches the retain *dataset* to 256; the kit reads whatever loader it is
-handed, so it merges ``retain_batches`` = 4 consecutive loader batches into one batch (4 x the
-competition's 64 = 256; the batches of a shuffling loader are a random draw, as the team's
-shuffled loader's are) and scales the retain learning rate by the same factor, the team's
-``lr x batch / 64`` for 64-sample loader batches (``retain_lr`` is the per-64 rate, 1e-3). The
-forget half draws its retain batches from one endless pass-after-pass stream rather than a
-fresh loader per round (the same distribution). The retain outputs of the forget half are
-computed under ``torch.no_grad()`` instead of computed then detached (the same values and the
+Adapted: the team re-batches the retain *dataset* to 256 (``retain_batch``); the kit reads whatever
+loader it is handed, so it merges as many consecutive loader batches as make 256 examples into one
+batch (4 of the competition's 64, 8 of 32; the batches of a shuffling loader are a random draw, as
+the team's shuffled loader's are; a loader of unknown batch size is taken to hold 64) and sets the
+retain learning rate by the team's rule, ``lr x batch / 64`` with ``retain_lr`` the per-64 rate,
+1e-3: 4e-3 for 256. The forget half draws its retain batches from one endless pass-after-pass stream
+rather than a fresh loader per round (the same distribution). The retain outputs of the forget half
+are computed under ``torch.no_grad()`` instead of computed then detached (the same values and the
 same BatchNorm statistics, less memory). Layers are never looked up: the method only needs the
 model's outputs, so any classifier works.
 
@@ -70,7 +70,14 @@ from collections.abc import Iterable, Iterator
 import torch
 import torch.nn.functional as F
 
-from ..batches import count_batches, cycle_batches, device_batches
+from ..batches import (
+    COMPETITION_BATCH,
+    count_batches,
+    cycle_batches,
+    device_batches,
+    group_size,
+    loader_batch_size,
+)
 from ..helpers import RecoveryCutWarning, device_of, warn_if_recovery_cut
 from ..loop import Deadline, Schedule, TrainLoop, cosine
 from ..registry import register
@@ -132,21 +139,25 @@ def forget_contrast(
     forget_lr: float = 3e-4,
     forget_lr_min: float = 1e-6,
     forget_momentum: float = 0.9,
-    retain_batches: int = 4,
+    retain_batch: int = 256,
     retain_lr: float = 1e-3,
     retain_momentum: float = 0.9,
     retain_weight_decay: float = 1e-2,
 ):
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
-    if retain_batches < 1:
-        raise ValueError(f"retain_batches must be >= 1, got {retain_batches}")
+    if retain_batch < 1:
+        raise ValueError(f"retain_batch must be >= 1 (examples), got {retain_batch}")
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     deadline = Deadline(budget_s)
     device = device_of(net)
     n_forget = count_batches(forget)
-    n_retain = math.ceil(count_batches(retain) / retain_batches)  # merged steps per pass
+    # loader batches merged into one retain batch, and the examples in it (a loader whose
+    # batch size is unknown is taken to hold the competition's 64)
+    loader_batch = loader_batch_size(retain) or COMPETITION_BATCH
+    merged = group_size(retain, retain_batch, assume=COMPETITION_BATCH)
+    n_retain = math.ceil(count_batches(retain) / merged)  # merged steps per pass
     full = n_forget + epochs * n_forget  # first pass + forget halves, run whole
     loop = TrainLoop(
         deadline, planned_steps=full + epochs * n_retain, full_steps=full, device=device
@@ -156,7 +167,7 @@ def forget_contrast(
     forget_opt = torch.optim.SGD(params, lr=forget_lr, momentum=forget_momentum)
     retain_opt = torch.optim.SGD(
         params,
-        lr=retain_lr * retain_batches,  # the team's lr x batch / 64, for 64-sample batches
+        lr=retain_lr * merged * loader_batch / COMPETITION_BATCH,  # the team's lr x batch / 64
         momentum=retain_momentum,
         weight_decay=retain_weight_decay,
     )
@@ -193,7 +204,7 @@ def forget_contrast(
 
     net.train()
     loop.run(device_batches(forget, device), flatten_step, steps=n_forget, full=True)
-    retain_stream = merged_batches(cycle_batches(retain, device), retain_batches)
+    retain_stream = merged_batches(cycle_batches(retain, device), merged)
     retain_done = 0
     for _ in range(epochs):
         if loop.stopped:
@@ -201,7 +212,7 @@ def forget_contrast(
         pairs = zip(device_batches(forget, device), retain_stream, strict=False)
         loop.run(pairs, contrast_step, steps=n_forget, schedules=(forget_schedule,), full=True)
         retain_done += loop.run(
-            merged_batches(device_batches(retain, device), retain_batches),
+            merged_batches(device_batches(retain, device), merged),
             retain_step,
             steps=n_retain,
         )
