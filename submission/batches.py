@@ -16,7 +16,6 @@ __all__ = [
     "device_batches",
     "group_size",
     "loader_batch_size",
-    "mixed_batches",
     "unpack_batch",
 ]
 
@@ -65,23 +64,6 @@ def cycle_batches(loader: Iterable, device) -> Iterator[tuple[torch.Tensor, torc
             yield unpack_batch(batch, device)
         if empty:
             raise ValueError("cannot cycle over an empty loader")
-
-
-def mixed_batches(
-    retain: Iterable, forget: Iterable, device, *, n_retain: int, n_forget: int
-) -> Iterator[tuple[tuple | None, tuple | None]]:
-    """``max(n_retain, n_forget)`` steps of ``(retain_batch | None, forget_batch | None)``.
-
-    Each side's batches are spread evenly over the steps, so one epoch sees ``n_retain``
-    retain batches and ``n_forget`` forget batches once each, mixed as in training on the
-    union of the two sets (the recipe of random-label, SalUn and bad-teacher unlearning).
-    """
-    steps = max(n_retain, n_forget)
-    r_it, f_it = cycle_batches(retain, device), cycle_batches(forget, device)
-    for i in range(steps):
-        take_r = (i + 1) * n_retain // steps > i * n_retain // steps
-        take_f = (i + 1) * n_forget // steps > i * n_forget // steps
-        yield (next(r_it) if take_r else None), (next(f_it) if take_f else None)
 
 
 COMPETITION_BATCH = 64  # the batch size of the competition's loaders

@@ -12,11 +12,14 @@ function, as a seed would), and fine-tunes on the retain set alone, which restor
 while the forget set, no longer reinforced, drifts towards held-out confidence.
 
 Recipe (the kit's own, 2026; its first step is the shrink-and-perturb warm start of
-Ash and Adams ("On Warm-Starting Neural
-Network Training", NeurIPS 2020)): ``w <- shrink * w + perturb * w_init`` for the weight and
-bias of every convolution and linear layer, ``w_init`` a fresh draw of the layer's default
-initialisation (so the noise has each layer's own scale, for any architecture; BatchNorm
-layers keep their parameters and statistics), then cross-entropy on retain with Adam, a
+Ash and Adams ("On Warm-Starting Neural Network Training", NeurIPS 2020)): ``w <- shrink * w +
+perturb * w_init``. Theirs (``JordanAsh/warm_start``, ``run.py``) mixes every parameter,
+BatchNorm's included, with a freshly built model's and restarts the BatchNorm statistics; the
+kit's mixes the weight and bias of every convolution and linear layer only, ``w_init`` a fresh
+draw of the layer's default initialisation (``reset_parameters``, so the noise has each
+layer's own scale, for any architecture; on torchvision's ResNet-18 that is not the
+constructor's Kaiming-normal draw), and BatchNorm layers keep their parameters and statistics
+(the kit's choice, not theirs). Then cross-entropy on retain with Adam, a
 one-cycle schedule (warm-up over the first quarter, cosine to 0) and ``epochs`` planned
 epochs, scaled down to the budget. The perturbation is what the noise-based competition entries
 (``noisy_weights``, ``noise_injection``) do with a fixed Gaussian; here its scale follows the

@@ -1,8 +1,9 @@
 """SVD projection: remove the forget set's input directions from every layer, no training.
 
 Recipe (Kodge, Saha and Roy, "Deep Unlearning: Fast and Efficient Gradient-free Class
-Forgetting", 2023): in eval mode, record the inputs of every Conv2d and Linear on a few
-hundred retain and forget samples (convolution inputs unfolded into patches, subsampled);
+Forgetting", TMLR 2024, arXiv 2023; their code ``sangamesh-kodge/class_forgetting``): in eval
+mode, record the inputs of every Conv2d and Linear on 900 retain and up to 900 forget samples
+(``--our-samples 900``; convolution inputs unfolded into patches, subsampled);
 per layer and set, the SVD ``R = U S V^T`` of the representation matrix gives the
 importance-scaled projector ``M = U diag(lam) U^T`` with ``lam_i = a s_i / ((a - 1) s_i + 1)``,
 ``s_i`` the squared singular values normalised to sum 1 (``a`` 100 for retain, 3 for forget);
@@ -13,7 +14,10 @@ Designed for forgetting whole classes.
 Adapted: ``U`` and ``s`` come from the eigendecomposition of the Gram matrix ``R R^T``,
 accumulated batch by batch (the same left singular vectors, without holding ``R``);
 ``patches`` random patch positions per sample are kept for convolutions. Grouped convolutions
-(depthwise) are left unchanged. Under a budget fewer samples are recorded; the
+(depthwise) are left unchanged. Their retain sample is class-balanced (900 // 9 of each
+retained class, for class forgetting); the kit takes the retain loader's first 900 (a random
+draw from a shuffling loader), as its forget sets are not whole classes. Under a budget the
+forget samples are recorded in full and fewer retain samples may be; the
 recording pass gets ``record_share`` (half) of the budget, the
 eigendecompositions the rest (classifier end first, skipping a layer whose predicted ~D**3
 cost would overrun); layers left over are not projected (``net.svd_projected_`` and a
@@ -135,8 +139,9 @@ class GramRecorder:
         else:
             self.grams[layer] = gram
 
-    def record(self, net, loop, batches, *, samples: int, steps: int) -> int:
-        """Runs ``net`` on batches until ``samples`` inputs are recorded; returns the count."""
+    def record(self, net, loop, batches, *, samples: int, steps: int, full: bool = False) -> int:
+        """Runs ``net`` on batches until ``samples`` inputs are recorded; returns the count
+        (``full``: a phase the budget does not shorten, see :class:`TrainLoop`)."""
         self.grams = {}
         handles = [m.register_forward_pre_hook(self._hook) for m in self.layers]
         seen = 0
@@ -156,7 +161,7 @@ class GramRecorder:
                 yield batch
 
         try:
-            loop.run(until_enough(), step, steps=steps)
+            loop.run(until_enough(), step, steps=steps, full=full)
         finally:
             for handle in handles:
                 handle.remove()
@@ -177,8 +182,8 @@ def svd_projection(
     val,
     *,
     budget_s=None,
-    retain_samples: int = 500,
-    forget_samples: int = 300,
+    retain_samples: int = 900,
+    forget_samples: int = 900,
     retain_scale: float = 100.0,
     forget_scale: float = 3.0,
     patches: int | None = 32,
@@ -195,14 +200,18 @@ def svd_projection(
     device = device_of(net)
     n_retain = planned_batches(retain, retain_samples)
     n_forget = planned_batches(forget, forget_samples)
-    loop = TrainLoop(recording, planned_steps=n_retain + n_forget, device=device)
+    # the forget recording runs whole (it is small, and it is what gets projected out)
+    loop = TrainLoop(
+        recording, planned_steps=n_retain + n_forget, full_steps=n_forget, device=device
+    )
     layers = [m for m in layers_of_type(net, nn.Conv2d, nn.Linear) if supported(m)]
     recorder = GramRecorder(layers, patches)
 
     net.eval()
     recorder.record(
-        net, loop, device_batches(forget, device), samples=forget_samples, steps=n_forget
-    )
+        net, loop, device_batches(forget, device), samples=forget_samples, steps=n_forget,
+        full=True,
+    )  # fmt: skip
     grams_forget = recorder.grams
     recorder.record(
         net, loop, device_batches(retain, device), samples=retain_samples, steps=n_retain

@@ -52,11 +52,11 @@ class DictDataset(Dataset):
 
 class SlowLoader:
     """Wraps a loader and sleeps ``delay_s`` per batch: a big recipe without using the CPU.
-    ``read`` counts the batches read through it; ``batch_size`` is the loader's."""
+    ``read`` counts the batches read through it. It has no ``batch_size``: methods that merge
+    loader batches into their published batch take it to hold the competition's 64."""
 
     def __init__(self, loader, delay_s: float = 0.0):
         self.loader, self.delay_s, self.read = loader, delay_s, 0
-        self.batch_size = getattr(loader, "batch_size", None)
 
     def __len__(self):
         return len(self.loader)

@@ -1,14 +1,11 @@
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
 from torch.utils.data import DataLoader, TensorDataset
 
 from submission.batches import (
     count_batches,
     cycle_batches,
     group_size,
-    mixed_batches,
     unpack_batch,
 )
 
@@ -52,17 +49,6 @@ def test_cycle_re_iterates_and_refuses_empty_loaders():
     assert [int(next(it)[1]) for _ in range(5)] == [0, 1, 0, 1, 0]
     with pytest.raises(ValueError, match="empty"):
         next(cycle_batches([], "cpu"))
-
-
-@given(st.integers(1, 30), st.integers(1, 30))
-def test_mixed_batches_use_each_batch_once_per_epoch(n_retain, n_forget):
-    retain = [(torch.zeros(1), torch.tensor([i])) for i in range(n_retain)]
-    forget = [(torch.zeros(1), torch.tensor([100 + i])) for i in range(n_forget)]
-    steps = list(mixed_batches(retain, forget, "cpu", n_retain=n_retain, n_forget=n_forget))
-    assert len(steps) == max(n_retain, n_forget)
-    assert all(r is not None or f is not None for r, f in steps)
-    assert [int(r[1]) for r, _ in steps if r is not None] == list(range(n_retain))
-    assert [int(f[1]) for _, f in steps if f is not None] == [100 + i for i in range(n_forget)]
 
 
 def test_copies_are_asynchronous_only_towards_a_gpu(monkeypatch):

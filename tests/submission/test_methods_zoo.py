@@ -742,3 +742,72 @@ def test_relabelling_runs_its_forget_passes_whole_under_a_budget(name):
     passes = 3 + (1 if name == "salun" else 0)  # salun's saliency pass reads it once more
     assert forget.read == passes * 3
     assert 0 < retain.read < 3 * 20
+
+
+# --- finetune -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("epochs", "rates"), [(1, [1e-3]), (3, [1e-3, 7.5e-4, 2.5e-4])])
+def test_finetune_steps_its_cosine_once_an_epoch(epochs, rates):
+    """The template's CosineAnnealingLR(T_max=epochs) steps after each epoch: one epoch runs
+    at 1e-3 throughout."""
+    retain = make_loader(*make_data(20, seed=1), form="tuple", batch_size=4)
+    with recorded_steps() as steps:
+        METHODS["finetune"](make_net(), retain, [], [], epochs=epochs)
+    assert [s[1] for s in steps] == pytest.approx([r for r in rates for _ in range(5)])
+    assert {s[2:4] for s in steps} == {(0.9, 5e-4)}
+
+
+# --- bad_teacher ----------------------------------------------------------------------------
+
+
+def test_bad_teacher_deals_forget_and_a_retain_share_shuffled_into_batches_of_256(monkeypatch):
+    """30% of 40 retain batches of 16 (12 batches, 192 examples) and 80 forget examples: 272
+    examples, shuffled together into steps of 256 and 16, each example distilled from its own
+    teacher (the original for retain, the random network for forget)."""
+    import submission.methods.bad_teacher as bad_teacher_module
+
+    (xr, yr), (xf, yf) = make_data(640, seed=1), make_data(80, seed=2, shift=3.0)
+    retain = make_loader(xr, yr, form="tuple", batch_size=16)
+    forget = make_loader(xf, yf, form="tuple", batch_size=16)
+    net = make_net()
+    original = copy.deepcopy(net).eval()
+    inputs, targets = [], []
+    net.register_forward_pre_hook(lambda m, args: inputs.append(args[0]) if m.training else None)
+    real_kl = bad_teacher_module.teacher_kl
+
+    def recording_kl(student, target, temperature):
+        targets.append(target)
+        return real_kl(student, target, temperature)
+
+    monkeypatch.setattr(bad_teacher_module, "teacher_kl", recording_kl)
+    seed_everything(0)
+    METHODS["bad_teacher"](net, retain, forget, [])
+    assert [len(x) for x in inputs] == [256, 16]
+    x, target = torch.cat(inputs), torch.cat(targets)
+    is_forget = x.flatten(1).mean(1) > 1.5  # the forget images are shifted by 3
+    assert int(is_forget.sum()) == 80 and 0 < int(is_forget[:256].sum()) < 80  # mixed in
+    with torch.no_grad():
+        from_original = original(x)
+    torch.testing.assert_close(target[~is_forget], from_original[~is_forget])
+    assert not torch.allclose(target[is_forget], from_original[is_forget], atol=1e-3)
+
+
+def test_bad_teachers_shuffled_union_holds_every_forget_example_once():
+    from submission.loop import Deadline, TrainLoop
+    from submission.methods.bad_teacher import shuffled_union
+
+    (xr, yr), (xf, yf) = make_data(64, seed=1), make_data(12, seed=2, shift=5.0)
+    retain = make_loader(xr, yr, form="tuple", batch_size=8)
+    forget = make_loader(xf, yf, form="tuple", batch_size=4)
+    torch.manual_seed(0)
+    x, is_forget = shuffled_union(retain, forget, "cpu", TrainLoop(Deadline(None), planned_steps=6),
+                                  n_retain=3)  # fmt: skip
+    assert len(x) == 24 + 12 and int(is_forget.sum()) == 12
+    # the forget rows are the forget examples (shifted by 5), in some order, each once
+    got = sorted(map(tuple, x[is_forget].flatten(1)[:, :2].tolist()))
+    want = sorted(map(tuple, xf.flatten(1)[:, :2].tolist()))
+    assert got == want
+    assert (x[~is_forget].mean() - 5).abs() > 4  # the retain rows are not shifted
+    assert not is_forget[:12].all()  # shuffled: the forget examples are not all first or last
+    assert not is_forget[-12:].all()
