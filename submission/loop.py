@@ -34,6 +34,7 @@ __all__ = [
     "cosine",
     "one_cycle",
     "record_timings",
+    "run_epochs_at",
     "warm_up",
     "warmup_linear",
 ]
@@ -345,3 +346,24 @@ class TrainLoop:
             self.stopped = True
             return False
         return True
+
+
+def run_epochs_at(
+    loop: TrainLoop,
+    optimizer: torch.optim.Optimizer,
+    rates: Iterable[float],
+    batches: Callable[[], Iterable],
+    step_fn: Callable[..., torch.Tensor | float | None],
+    *,
+    steps: int,
+) -> None:
+    """One epoch of ``loop.run`` over fresh ``batches()`` per rate in ``rates``, the
+    optimizer's rate set at each epoch's start (a scheduler stepped once per epoch, as
+    ``CosineAnnealingLR(T_max=epochs)`` in the competition's template), until the loop stops.
+    ``[lr * cosine(e / epochs) for e in range(epochs)]`` is that cosine's."""
+    for rate in rates:
+        if loop.stopped:
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = rate
+        loop.run(batches(), step_fn, steps=steps)

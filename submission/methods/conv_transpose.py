@@ -59,7 +59,7 @@ from ..helpers import (
     layers_of_type,
     warn_if_recovery_cut,
 )
-from ..loop import Deadline, TrainLoop, cosine
+from ..loop import Deadline, TrainLoop, cosine, run_epochs_at
 from ..registry import register
 
 
@@ -109,12 +109,9 @@ def conv_transpose(
     step = cross_entropy_step(net, optimizer)
 
     net.train()
-    for epoch in range(epochs):  # CosineAnnealingLR(T_max=epochs), stepped once per epoch
-        if loop.stopped:
-            break
-        for group in optimizer.param_groups:
-            group["lr"] = lr * cosine(epoch / epochs)
-        loop.run(device_batches(retain, device), step, steps=n_retain)
+    rates = [lr * cosine(epoch / epochs) for epoch in range(epochs)]  # stepped once an epoch
+    run_epochs_at(loop, optimizer, rates, lambda: device_batches(retain, device), step,
+                  steps=n_retain)  # fmt: skip
     warn_if_recovery_cut("conv_transpose", done=loop.steps, planned=planned, budget_s=budget_s,
                          steps=f"retain steps ({epochs} epochs)",
                          damage="the kernels were transposed",

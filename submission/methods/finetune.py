@@ -13,7 +13,7 @@ import torch
 
 from ..batches import count_batches, device_batches
 from ..helpers import cross_entropy_step, device_of
-from ..loop import Deadline, TrainLoop, cosine
+from ..loop import Deadline, TrainLoop, cosine, run_epochs_at
 from ..registry import register
 
 
@@ -40,10 +40,7 @@ def finetune(
     step = cross_entropy_step(net, optimizer)
 
     net.train()
-    for epoch in range(epochs):  # CosineAnnealingLR(T_max=epochs), stepped once per epoch
-        if loop.stopped:
-            break
-        for group in optimizer.param_groups:
-            group["lr"] = lr * cosine(epoch / epochs)
-        loop.run(device_batches(retain, device), step, steps=n_retain)
+    rates = [lr * cosine(epoch / epochs) for epoch in range(epochs)]
+    run_epochs_at(loop, optimizer, rates, lambda: device_batches(retain, device), step,
+                  steps=n_retain)  # fmt: skip
     return net.eval()

@@ -67,7 +67,7 @@ from ..helpers import (
     teacher_kl,
     warn_if_recovery_cut,
 )
-from ..loop import Deadline, TrainLoop, cosine
+from ..loop import Deadline, TrainLoop, cosine, run_epochs_at
 from ..registry import register
 
 
@@ -174,12 +174,9 @@ def reset_distill(
         weight_decay=retain_weight_decay,
     )
     step = make_step(optimizer, lambda s, t, y: retain_loss(s, t, y, temperature))
-    for epoch in range(retain_epochs):
-        if loop.stopped:
-            break
-        for group in optimizer.param_groups:
-            group["lr"] = retain_lr * cosine(epoch / retain_epochs)
-        loop.run(device_batches(retain, device), step, steps=n_retain)
+    rates = [retain_lr * cosine(epoch / retain_epochs) for epoch in range(retain_epochs)]
+    run_epochs_at(loop, optimizer, rates, lambda: device_batches(retain, device), step,
+                  steps=n_retain)  # fmt: skip
 
     warn_if_recovery_cut("reset_distill", done=loop.steps, planned=planned, budget_s=budget_s,
                          steps=f"steps ({distill_epochs} distillation epochs on val, "
