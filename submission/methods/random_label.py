@@ -9,8 +9,10 @@ CIFAR-100 one shuffles the two sets together); 10 epochs, SGD lr 0.013 (the READ
 command, which runs this loop), momentum 0.9, weight decay 5e-4, the rate constant (their
 MultiStepLR decays at epochs 91 and 136, after the 10).
 
-Under a budget the forget passes run whole (the forget set is small and they do the
-forgetting); the retain passes take the time left.
+Under a budget it runs as many whole epochs as fit (each epoch's forget pass is damage its
+retain pass repairs, so the two are never cut apart: with the forget passes whole and the
+retain passes cut, the damage outran the repair, docs/leaderboard.md), judged by the slowest
+epoch so far; a budget too short for one epoch cuts the first one's retain pass.
 """
 
 import torch
@@ -25,8 +27,9 @@ from ..registry import register
 def relabelled_epochs(net, optimizer, retain, forget, loop: TrainLoop, *, epochs: int,
                       before_step=None) -> None:  # fmt: skip
     """RL.py's epochs on ``net`` (train mode) within ``loop``: the forget set relabelled at
-    random (run whole), then the retain set (scaled to the budget). ``before_step`` runs
-    between the backward pass and the optimizer step."""
+    random, then the retain set, both whole (``loop`` plans them as full phases), as many
+    epochs as fit its deadline. ``before_step`` runs between the backward pass and the
+    optimizer step."""
     device = device_of(net)
     classes = num_classes(net)
     n_retain, n_forget = count_batches(retain), count_batches(forget)
@@ -44,9 +47,15 @@ def relabelled_epochs(net, optimizer, retain, forget, loop: TrainLoop, *, epochs
         return loss
 
     net.train()
-    for _ in range(epochs):
+    slowest = 0.0  # seconds of the slowest epoch so far
+    for epoch in range(epochs):
+        if epoch and loop.deadline.remaining() < slowest:
+            break  # another whole epoch does not fit
+        start = loop.deadline.elapsed()
         loop.run(device_batches(forget, device), lambda b: step(b, True), steps=n_forget, full=True)
-        loop.run(device_batches(retain, device), lambda b: step(b, False), steps=n_retain)
+        loop.run(device_batches(retain, device), lambda b: step(b, False), steps=n_retain,
+                 full=True)  # fmt: skip
+        slowest = max(slowest, loop.deadline.elapsed() - start)
         if loop.stopped:
             break
 
@@ -65,12 +74,9 @@ def random_label(
     weight_decay: float = 5e-4,
 ):
     n_retain, n_forget = count_batches(retain), count_batches(forget)
-    loop = TrainLoop(
-        Deadline(budget_s),
-        planned_steps=epochs * (n_forget + n_retain),
-        full_steps=epochs * n_forget,
-        device=device_of(net),
-    )
+    planned = epochs * (n_forget + n_retain)
+    loop = TrainLoop(Deadline(budget_s), planned_steps=planned, full_steps=planned,
+                     device=device_of(net))  # fmt: skip
     optimizer = torch.optim.SGD(
         net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
     )

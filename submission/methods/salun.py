@@ -11,8 +11,8 @@ momentum 0.9, weight decay 5e-4, constant) updates only the masked weights. Weig
 momentum never touch the frozen weights (as their ``_restore_masked_params`` does since
 their weight-decay fix).
 
-Under a budget the saliency pass and the forget passes run whole; the retain passes take the
-time left.
+Under a budget the saliency pass runs whole, then as many whole epochs as fit
+(``random_label``'s rule).
 """
 
 import torch
@@ -52,10 +52,8 @@ def salun(
     deadline = Deadline(budget_s)
     device = device_of(net)
     n_retain, n_forget = count_batches(retain), count_batches(forget)
-    full = (1 + epochs) * n_forget  # the saliency pass and each epoch's forget pass
-    loop = TrainLoop(
-        deadline, planned_steps=full + epochs * n_retain, full_steps=full, device=device
-    )
+    planned = n_forget + epochs * (n_forget + n_retain)  # saliency, then whole epochs
+    loop = TrainLoop(deadline, planned_steps=planned, full_steps=planned, device=device)
     params = [p for p in net.parameters() if p.requires_grad]
 
     # 1. Saliency: accumulated gradient of the forget loss (eval mode: BN statistics untouched).
