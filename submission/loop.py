@@ -32,6 +32,7 @@ __all__ = [
     "TrainLoop",
     "constant",
     "cosine",
+    "cosine_epoch_rates",
     "one_cycle",
     "record_timings",
     "run_epochs_at",
@@ -348,6 +349,11 @@ class TrainLoop:
         return True
 
 
+def cosine_epoch_rates(lr: float, epochs: int) -> list[float]:
+    """Each epoch's rate under ``CosineAnnealingLR(T_max=epochs)`` stepped once per epoch."""
+    return [lr * cosine(epoch / epochs) for epoch in range(epochs)]
+
+
 def run_epochs_at(
     loop: TrainLoop,
     optimizer: torch.optim.Optimizer,
@@ -359,8 +365,8 @@ def run_epochs_at(
 ) -> None:
     """One epoch of ``loop.run`` over fresh ``batches()`` per rate in ``rates``, the
     optimizer's rate set at each epoch's start (a scheduler stepped once per epoch, as
-    ``CosineAnnealingLR(T_max=epochs)`` in the competition's template), until the loop stops.
-    ``[lr * cosine(e / epochs) for e in range(epochs)]`` is that cosine's."""
+    ``CosineAnnealingLR(T_max=epochs)`` in the competition's template, whose rates
+    :func:`cosine_epoch_rates` gives), until the loop stops."""
     for rate in rates:
         if loop.stopped:
             break

@@ -59,7 +59,7 @@ from ..helpers import (
     layers_of_type,
     warn_if_recovery_cut,
 )
-from ..loop import Deadline, TrainLoop, cosine, run_epochs_at
+from ..loop import Deadline, TrainLoop, cosine_epoch_rates, run_epochs_at
 from ..registry import register
 
 
@@ -109,7 +109,7 @@ def conv_transpose(
     step = cross_entropy_step(net, optimizer)
 
     net.train()
-    rates = [lr * cosine(epoch / epochs) for epoch in range(epochs)]  # stepped once an epoch
+    rates = cosine_epoch_rates(lr, epochs)  # stepped once an epoch
     run_epochs_at(loop, optimizer, rates, lambda: device_batches(retain, device), step,
                   steps=n_retain)  # fmt: skip
     warn_if_recovery_cut("conv_transpose", done=loop.steps, planned=planned, budget_s=budget_s,

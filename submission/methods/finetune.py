@@ -13,7 +13,7 @@ import torch
 
 from ..batches import count_batches, device_batches
 from ..helpers import cross_entropy_step, device_of
-from ..loop import Deadline, TrainLoop, cosine, run_epochs_at
+from ..loop import Deadline, TrainLoop, cosine_epoch_rates, run_epochs_at
 from ..registry import register
 
 
@@ -40,7 +40,7 @@ def finetune(
     step = cross_entropy_step(net, optimizer)
 
     net.train()
-    rates = [lr * cosine(epoch / epochs) for epoch in range(epochs)]
+    rates = cosine_epoch_rates(lr, epochs)  # stepped once an epoch
     run_epochs_at(loop, optimizer, rates, lambda: device_batches(retain, device), step,
                   steps=n_retain)  # fmt: skip
     return net.eval()

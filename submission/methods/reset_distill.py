@@ -67,7 +67,7 @@ from ..helpers import (
     teacher_kl,
     warn_if_recovery_cut,
 )
-from ..loop import Deadline, TrainLoop, cosine, run_epochs_at
+from ..loop import Deadline, TrainLoop, cosine_epoch_rates, run_epochs_at
 from ..registry import register
 
 
@@ -174,7 +174,7 @@ def reset_distill(
         weight_decay=retain_weight_decay,
     )
     step = make_step(optimizer, lambda s, t, y: retain_loss(s, t, y, temperature))
-    rates = [retain_lr * cosine(epoch / retain_epochs) for epoch in range(retain_epochs)]
+    rates = cosine_epoch_rates(retain_lr, retain_epochs)  # stepped once an epoch
     run_epochs_at(loop, optimizer, rates, lambda: device_batches(retain, device), step,
                   steps=n_retain)  # fmt: skip
 

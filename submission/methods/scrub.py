@@ -15,7 +15,7 @@ accumulates the gradients of as many loader batches (8 and 4) and so takes the p
 of steps at the published rate (the mean loss over the group's examples, a shorter last group
 included); BatchNorm still normalises each loader batch on its own, and the budget is still
 checked after every loader batch. ``None`` takes one step a loader batch (8 and 4 times the
-steps).
+steps), as does a loader whose batch size is unknown (one without ``batch_size``).
 
 Under a budget the max-steps run whole (the forget set is small and they do the forgetting);
 the min-steps take what is left.
