@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "CONSTRUCTOR_INITS",
     "NORMS",
     "RecoveryCutWarning",
     "apply_grad_masks",
@@ -63,11 +64,43 @@ def frozen_copy(net: nn.Module) -> nn.Module:
     return teacher
 
 
+@torch.no_grad()
+def torchvision_resnet_init(net: nn.Module) -> None:
+    """The draw of torchvision's ``ResNet.__init__`` (torchvision/models/resnet.py): every conv
+    from a Kaiming normal (fan out, ReLU gain), every BatchNorm/GroupNorm weight 1 and bias 0;
+    the classifier keeps ``nn.Linear``'s own draw. (``zero_init_residual`` is off by default
+    there, so it is not applied.)"""
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+# Networks whose constructor draws its weights otherwise than the layers' own defaults, by the
+# class's qualified name (so the submission need not import torchvision to recognise one).
+CONSTRUCTOR_INITS = {"torchvision.models.resnet.ResNet": torchvision_resnet_init}
+
+
+def constructor_init_of(net: nn.Module):
+    """The registered constructor draw of ``net``'s class (None: its layers' own defaults)."""
+    cls = type(net)
+    return CONSTRUCTOR_INITS.get(f"{cls.__module__}.{cls.__qualname__}")
+
+
 def reinitialise(net: nn.Module) -> nn.Module:
-    """Re-draw every parameter with its layer's default initialisation (in place)."""
+    """Re-draw every parameter (and reset every norm's running statistics) as a freshly built
+    network of the same class would have them, in place: each layer's ``reset_parameters``,
+    then the class's own constructor draw where :data:`CONSTRUCTOR_INITS` knows it (on
+    torchvision's ResNet-18, Kaiming-normal convolutions instead of the layers' default
+    Kaiming-uniform ones). Torch's global generator draws it: seed it for a reproducible copy."""
     for module in net.modules():
         if hasattr(module, "reset_parameters") and module is not net:
             module.reset_parameters()
+    init = constructor_init_of(net)
+    if init is not None:
+        init(net)
     return net
 
 

@@ -11,9 +11,11 @@ randomly initialised copy for forget samples; Adam lr 1e-4.
 Adapted: the kit is handed loaders, not datasets, so each epoch it reads the retain loader's
 first 30% of batches (a random subset when the loader shuffles, as the competition's does) and
 every forget batch, and deals their examples, shuffled together, into batches of 256. The
-random teacher is each layer's ``reset_parameters`` draw; their teacher is a freshly built
-torchvision ResNet-18, whose constructor draws its convolutions from a Kaiming normal (fan
-out) instead, so on that model the kit's teacher is a differently scaled random network. The
+random teacher is a fresh draw of the network (:func:`~submission.helpers.reinitialise`): their
+teacher is a freshly built ``ResNet18(num_classes, pretrained=False)`` (their ``model.py``,
+torchvision's ResNet-18 with a new linear head), so on torchvision's ResNet-18 the draw is its
+constructor's (Kaiming-normal convolutions, fan out), on other networks their layers' own
+defaults. The
 KL is averaged over the batch (``batchmean``) where theirs averages over the batch and the
 classes, a constant factor that Adam's update does not see. Under a budget the shuffled
 batches run as far as it allows, the forget examples cut with them at random.

@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -68,6 +69,49 @@ def test_frozen_copy_and_reinitialise_leave_the_original():
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
     assert not torch.equal(teacher.head.weight, net.head.weight)
+
+
+def test_reinitialise_draws_torchvision_resnets_as_their_constructor_does():
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    built = resnet18(num_classes=10)  # what the bad-teaching code's random teacher is
+    net = resnet18(num_classes=10)
+    with torch.no_grad():  # a "trained" network: every tensor moved off its initial draw
+        for p in net.parameters():
+            p.mul_(0.5).add_(0.3)
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.fill_(1.0), m.running_var.fill_(4.0)
+    fresh = reinitialise(copy.deepcopy(net))
+    for (name, a), b in zip(fresh.named_parameters(), built.parameters(), strict=True):
+        if a.dim() == 4:  # Kaiming normal, fan out: std sqrt(2 / (out * k * k)), mean 0
+            fan_out = a.shape[0] * a.shape[2] * a.shape[3]
+            assert a.std().item() == pytest.approx(math.sqrt(2 / fan_out), rel=0.08), name
+            assert a.std().item() == pytest.approx(b.std().item(), rel=0.12), name
+            assert abs(a.mean().item()) < 0.2 * a.std().item(), name
+        elif name.startswith("fc."):  # nn.Linear's own draw: U(-1/sqrt(fan_in), +)
+            assert a.abs().max().item() <= 1 / math.sqrt(512) + 1e-7, name
+        else:  # BatchNorm: weight 1, bias 0, as built
+            torch.testing.assert_close(a, b)
+    for m in fresh.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            assert m.running_mean.abs().max() == 0 and torch.all(m.running_var == 1)
+    # The layers' defaults alone (Kaiming uniform, a = sqrt(5)) give a conv std of
+    # 1 / sqrt(3 fan_in), about 2.4 times smaller on ResNet-18's 3x3 convs.
+    default = copy.deepcopy(net.layer4[1].conv2)
+    default.reset_parameters()
+    assert fresh.layer4[1].conv2.weight.std() > 2 * default.weight.std()
+
+
+def test_reinitialise_keeps_the_layer_defaults_of_other_networks():
+    net = TinyNet()
+    torch.manual_seed(3)
+    reinitialise(net)
+    torch.manual_seed(3)
+    expected = TinyNet()  # built from its layers' defaults, in the same order
+    for a, b in zip(net.parameters(), expected.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
 
 
 def test_grad_masks_freeze_gradient_and_decay():
