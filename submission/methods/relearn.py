@@ -49,6 +49,10 @@ larger than the competition's on the bundled digits (small CNN, 10-epoch recipe)
 into the reset regime and the score to about 0 (docs/leaderboard.md). Only a run whose budget
 fits the reset regime reads the validation set.
 
+An epoch, in both regimes and in the estimates, is one pass over the retain set, or several
+over a retain set much smaller than the digits the defaults were chosen on
+(:func:`~submission.batches.epoch_passes`: the stubs' 216 examples make 5 passes an epoch).
+
 ``regime`` forces one ("reset" or "perturb"; a forced reset is not checked); the default
 ``"auto"`` chooses. With ``budget_s=None`` (and an original not saturated) all ``epochs`` (6) of
 the reset regime run, more than 20% of a short recipe's retraining: pass the budget.
@@ -93,7 +97,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ..batches import count_batches, device_batches
+from ..batches import count_batches, device_batches, epoch_passes
 from ..devices import synchronize
 from ..helpers import device_of, frozen_copy, teacher_kl
 from ..loop import MARGIN, Deadline, Schedule, TrainLoop, one_cycle
@@ -156,12 +160,19 @@ def median_logodds(net, loader, device, *, limit: int = HELD_OUT_EXAMPLES) -> fl
     return torch.cat(scores).median().item() if scores else math.nan
 
 
-def _epochs_in(seconds: float, per_step_s: float, n_retain: int) -> float:
-    return max(seconds, 0.0) / max(per_step_s, 1e-12) / max(n_retain, 1)
+def _epochs_in(seconds: float, per_step_s: float, steps_per_epoch: int) -> float:
+    return max(seconds, 0.0) / max(per_step_s, 1e-12) / max(steps_per_epoch, 1)
+
+
+def epoch_steps(retain) -> int:
+    """Steps in one of the reset regime's epochs: the batches of ``epoch_passes(retain)``
+    passes over ``retain`` (one pass, unless the retain set is small:
+    :func:`~submission.batches.epoch_passes`)."""
+    return count_batches(retain) * epoch_passes(retain)
 
 
 def estimated_reset_epochs(
-    net, batch, deadline: Deadline, n_retain: int, *, margin: float = MARGIN
+    net, batch, deadline: Deadline, steps_per_epoch: int, *, margin: float = MARGIN
 ) -> float:
     """Epochs of reset-regime steps that ``deadline`` affords, estimated before any step: the
     faster of two timed eval-mode forwards of ``net`` on ``batch``, times
@@ -181,17 +192,18 @@ def estimated_reset_epochs(
             synchronize(x.device)
             forwards.append(time.perf_counter() - start)
     net.train(was_training)
-    return _epochs_in(margin * deadline.remaining(), RESET_STEP_FORWARDS * min(forwards), n_retain)
+    per_step_s = RESET_STEP_FORWARDS * min(forwards)
+    return _epochs_in(margin * deadline.remaining(), per_step_s, steps_per_epoch)
 
 
-def measured_reset_epochs(loop: TrainLoop, n_retain: int) -> float:
+def measured_reset_epochs(loop: TrainLoop, steps_per_epoch: int) -> float:
     """Epochs of reset-regime steps that the budget left affords, from ``loop``'s fastest timed
     step (a reset step, teacher included). The fastest, not the mean: the question is how fast
     this machine runs the steps, and the first steps carry one-off costs (Adam's first update,
     the loader's start-up) and momentary slowdowns."""
     if loop.deadline.budget_s is None:
         return math.inf
-    return _epochs_in(loop.margin * loop.deadline.remaining(), loop.fastest_step_s, n_retain)
+    return _epochs_in(loop.margin * loop.deadline.remaining(), loop.fastest_step_s, steps_per_epoch)
 
 
 def first_batch(loader, device):
@@ -233,7 +245,7 @@ def auto_regime(
     held-out median log-odds)``, the last ``nan`` where the validation set was not read (no
     ``val``, or too few epochs fit for it to matter)."""
     device = device_of(net)
-    fits = estimated_reset_epochs(net, first_batch(retain, device), deadline, count_batches(retain))
+    fits = estimated_reset_epochs(net, first_batch(retain, device), deadline, epoch_steps(retain))
     fits = min(epochs, fits)
     could_reset = val is not None and fits >= reset_from_epochs  # else val is not read
     held_out = median_logodds(net, val, device) if could_reset else math.nan
@@ -278,6 +290,7 @@ def relearn(
     deadline = Deadline(budget_s)
     device = device_of(net)
     n_retain = count_batches(retain)
+    passes = epoch_passes(retain)  # passes over retain in one epoch (several if it is small)
     settings = {**SHRINK_PERTURB_DEFAULTS, "perturb": perturb, "lr": perturb_lr}
     checked = regime != "auto"  # a forced regime is not second-guessed
     if regime == "auto":
@@ -295,7 +308,7 @@ def relearn(
         return net.eval()
 
     teacher = frozen_copy(net)  # the original: the distillation target, and the fallback
-    planned = epochs * n_retain
+    planned = epochs * passes * n_retain
     loop = TrainLoop(deadline, planned_steps=planned, device=device)
     prune_and_redraw(net, 1.0 - keep)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
@@ -305,7 +318,7 @@ def relearn(
         nonlocal checked
         if not checked and loop.calibrated:  # the estimate, checked against real steps
             checked = True
-            fits = min(epochs, measured_reset_epochs(loop, n_retain))
+            fits = min(epochs, measured_reset_epochs(loop, passes * n_retain))
             if choose_regime(fits, reset_from_epochs=reset_from_epochs) == "perturb":
                 raise _TooSlow
         return reset_step(
@@ -315,7 +328,7 @@ def relearn(
     net.train()
     try:
         loop.run_epochs(
-            epochs,
+            epochs * passes,
             lambda: device_batches(retain, device),
             step,
             steps=n_retain,

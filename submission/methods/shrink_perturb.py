@@ -35,7 +35,9 @@ epochs of relearning, following ``0.5 + 0.2 ln(epochs)`` (:func:`auto_perturb`),
 the schedule's warm-up rate, about 1e-4: they barely move it), reads from the loop how many
 epochs will fit, and only then perturbs with ``auto_perturb`` of that. A wall-clock budget
 on a busy machine then changes how long the runs relearn, not whether the noise matches it.
-Pass a number to fix ``perturb``.
+Pass a number to fix ``perturb``. An epoch is one pass over the retain set, or several
+passes over a retain set much smaller than the 1,132 examples the defaults were chosen on
+(:func:`~submission.batches.epoch_passes`), so that the relearning keeps its steps.
 
 The rate is sized by the same reading (``scale_lr``, on by default): ``lr`` is the peak rate of
 a run that relearns ``FULL_RATE_EPOCHS`` (2) epochs or more, and a shorter run takes
@@ -65,7 +67,7 @@ import warnings
 import torch
 from torch import nn
 
-from ..batches import count_batches, device_batches
+from ..batches import count_batches, device_batches, epoch_passes
 from ..helpers import cross_entropy_step, device_of
 from ..loop import Deadline, Schedule, TrainLoop, one_cycle
 from ..registry import register
@@ -160,9 +162,10 @@ def perturb_then_relearn(
         raise ValueError("shrink=1 with perturb=0 changes nothing; lower shrink or raise perturb")
     device = device_of(net)
     n_retain = count_batches(retain)
-    loop = TrainLoop(deadline, planned_steps=epochs * n_retain, device=device)
+    passes = epochs * epoch_passes(retain)  # a small retain set's epoch is several passes
+    loop = TrainLoop(deadline, planned_steps=passes * n_retain, device=device)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = Schedule(optimizer, one_cycle(warmup), planned_steps=epochs * n_retain)
+    schedule = Schedule(optimizer, one_cycle(warmup), planned_steps=passes * n_retain)
     train_step = cross_entropy_step(net, optimizer)
     perturbed = False
 
@@ -182,7 +185,7 @@ def perturb_then_relearn(
 
     net.train()
     loop.run_epochs(
-        epochs, lambda: device_batches(retain, device), step, steps=n_retain, schedules=(schedule,)
+        passes, lambda: device_batches(retain, device), step, steps=n_retain, schedules=(schedule,)
     )
     if not perturbed:
         warnings.warn(

@@ -24,8 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="smallcnn, resnet18 or resnet18_narrow (default: resnet18 for RGB 32x32+, else "
         "smallcnn)",
     )
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--method", help="a registered method name")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--method", help="a registered method name (default: the kit's default method)"
+    )
     which.add_argument("--submission", help="a Python file defining unlearning(...)")
     which.add_argument(
         "--notebook",

@@ -54,11 +54,12 @@ def load_inputs(job) -> Inputs:
 
 
 def load_method(job) -> LoadedMethod:
-    """The job's ``unlearning`` (``--method``, ``--submission`` or ``--notebook``: exactly
-    one), through the evaluator's loader."""
+    """The job's ``unlearning`` (``--method``, ``--submission`` or ``--notebook``: at most
+    one; none is the kit's default method, as for ``python -m local_eval``), through the
+    evaluator's loader."""
     given = [x for x in (job.method, job.submission, job.notebook) if x is not None]
-    if len(given) != 1:
-        raise UsageError("give exactly one of --method NAME, --submission FILE.py or "
+    if len(given) > 1:
+        raise UsageError("give at most one of --method NAME, --submission FILE.py or "
                          "--notebook FILE.ipynb")  # fmt: skip
     if job.submission is not None:
         check_file(job.submission, "submission file")

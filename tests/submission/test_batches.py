@@ -3,8 +3,11 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from submission.batches import (
+    DESIGN_EPOCH_EXAMPLES,
     count_batches,
+    count_examples,
     cycle_batches,
+    epoch_passes,
     group_size,
     unpack_batch,
 )
@@ -73,3 +76,24 @@ def test_group_size_makes_the_published_batch_from_the_loaders():
     assert group_size(loader, 16) == 1  # never less than one loader batch a step
     assert group_size(loader, None) == 1
     assert group_size([(torch.zeros(2), torch.zeros(2))], 512) == 1  # its batch size unknown
+
+
+def loader_over(n: int, batch_size: int = 64) -> DataLoader:
+    return DataLoader(TensorDataset(torch.zeros(n, 1), torch.zeros(n)), batch_size=batch_size)
+
+
+def test_an_epoch_of_a_small_retain_set_is_several_passes():
+    assert DESIGN_EPOCH_EXAMPLES == 1132  # digits less a random 10%: the defaults' retain set
+    assert epoch_passes(loader_over(1132)) == 1 and epoch_passes(loader_over(5000)) == 1
+    assert epoch_passes(loader_over(1000)) == 1  # the nearest whole number of passes
+    assert epoch_passes(loader_over(600)) == 2  # 1132 / 600 = 1.89
+    assert epoch_passes(loader_over(216)) == 5  # the competition stubs' retain set: 5.24
+    assert epoch_passes(loader_over(64, batch_size=16)) == 18
+    assert epoch_passes(loader_over(100), design_examples=1000) == 10
+    assert epoch_passes(loader_over(0)) == DESIGN_EPOCH_EXAMPLES  # no examples: no division by 0
+
+
+def test_examples_are_counted_from_the_dataset_else_from_the_batches():
+    assert count_examples(loader_over(130)) == 130  # the last batch is short
+    batches = [(torch.zeros(64, 1), torch.zeros(64))] * 3  # a plain list: 3 batches of 64
+    assert count_examples(batches) == 192 and epoch_passes(batches) == 6

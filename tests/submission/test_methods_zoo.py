@@ -440,6 +440,29 @@ def test_shrink_perturb_runs_differ_by_seed_and_repeat_with_the_same_seed():
     assert not torch.allclose(run(3), run(4))
 
 
+def test_shrink_perturb_counts_a_small_retain_sets_epoch_as_several_passes(monkeypatch):
+    # 64 examples: an epoch of the defaults' design (1,132 examples) is 18 passes of 4 batches,
+    # and the noise is sized for the epochs asked for, not for the passes
+    images, labels = make_data(64, seed=1)
+    loader = make_loader(images, labels, form="tuple", batch_size=16)
+    epochs_seen = []
+    monkeypatch.setattr(
+        shrink_perturb_module, "auto_perturb", lambda e: epochs_seen.append(e) or auto_perturb(e)
+    )
+    net = make_net(0)
+    steps = []
+    net.register_forward_pre_hook(lambda m, args: steps.append(1) if m.training else None)
+    METHODS["shrink_perturb"](net, loader, loader, loader, epochs=1)
+    assert len(steps) == 18 * len(loader) and epochs_seen == [1.0]
+    # a retain set of the design's size keeps its own epochs
+    images, labels = make_data(1132, seed=1)
+    loader = make_loader(images, labels, form="tuple", batch_size=64)
+    net, steps[:] = make_net(0), []
+    net.register_forward_pre_hook(lambda m, args: steps.append(1) if m.training else None)
+    METHODS["shrink_perturb"](net, loader, loader, loader, epochs=1)
+    assert len(steps) == len(loader) == 18
+
+
 def test_auto_perturb_grows_with_the_epochs_of_relearning():
     assert auto_perturb(1.0) == pytest.approx(0.5)
     assert auto_perturb(2.0) == pytest.approx(0.5 + 0.2 * math.log(2.0))  # 0.639

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import submission
 from local_eval.common.checks import check_state_dict_fits
 from local_eval.common.errors import UsageError
 from local_eval.common.files import sha256_of
@@ -85,8 +86,13 @@ def test_method_errors_are_clear():
         load_method(job_of(method="nope"))
     with pytest.raises(UsageError, match="no hyperparameter lrr; its hyperparameters: epochs"):
         load_method(job_of(method="finetune", hp=("lrr=1",)))
-    with pytest.raises(UsageError, match="exactly one"):
-        load_method(job_of())
+    with pytest.raises(UsageError, match="at most one"):
+        load_method(job_of(method="scrub", submission=Path("mine.py")))
+
+
+def test_no_method_is_the_kits_default():
+    method = load_method(job_of())
+    assert method.name == submission.DEFAULT_METHOD and method.accepts_budget
 
 
 def test_user_submission_file(tmp_path):

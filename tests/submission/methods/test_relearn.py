@@ -17,6 +17,7 @@ from submission.loop import Deadline, TrainLoop
 from submission.methods.prune_reinit import pruned_tensors
 from submission.methods.relearn import (
     choose_regime,
+    epoch_steps,
     estimated_reset_epochs,
     first_batch,
     measured_reset_epochs,
@@ -314,7 +315,9 @@ def test_reset_distils_the_original_not_the_damaged_network(monkeypatch):
         lambda m, args: inputs.append(args[0].detach().clone()) if m.training else None
     )
     METHODS["relearn"](net, loader, loader, loader, epochs=2, temperature=3.0)
-    assert len(seen) == 2 * len(loader)  # every retain step, none of them a timing step
+    # every retain step, none of them a timing step (an epoch of these 64 examples is 18
+    # passes: epoch_passes)
+    assert len(seen) == 2 * 18 * len(loader)
     for (target, temperature), x in zip(seen, inputs, strict=True):
         assert temperature == 3.0
         with torch.no_grad():
@@ -364,3 +367,8 @@ def test_relearn_refuses_bad_settings(kwargs):
     loader = loader_of()
     with pytest.raises(ValueError):
         METHODS["relearn"](make_net(0), loader, loader, loader, **kwargs)
+
+
+def test_the_reset_regimes_epoch_of_a_small_retain_set_is_several_passes():
+    assert epoch_steps(loader_of()) == 18 * 4  # 64 examples in 4 batches: 18 passes an epoch
+    assert epoch_steps(loader_of(n=1132, batch_size=64)) == 18  # the design's size: one pass
