@@ -12,6 +12,7 @@ import torch
 __all__ = [
     "COMPETITION_BATCH",
     "count_batches",
+    "count_examples",
     "cycle_batches",
     "device_batches",
     "epoch_passes",

@@ -308,7 +308,8 @@ def relearn(
         return net.eval()
 
     teacher = frozen_copy(net)  # the original: the distillation target, and the fallback
-    planned = epochs * passes * n_retain
+    steps_per_epoch = passes * n_retain  # what epoch_steps(retain) gives, parts kept for the loop
+    planned = epochs * steps_per_epoch
     loop = TrainLoop(deadline, planned_steps=planned, device=device)
     prune_and_redraw(net, 1.0 - keep)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
@@ -318,7 +319,7 @@ def relearn(
         nonlocal checked
         if not checked and loop.calibrated:  # the estimate, checked against real steps
             checked = True
-            fits = min(epochs, measured_reset_epochs(loop, passes * n_retain))
+            fits = min(epochs, measured_reset_epochs(loop, steps_per_epoch))
             if choose_regime(fits, reset_from_epochs=reset_from_epochs) == "perturb":
                 raise _TooSlow
         return reset_step(
