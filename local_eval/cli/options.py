@@ -302,6 +302,7 @@ def evaluation_inputs(args: argparse.Namespace):
         if others:
             raise UsageError(f"--checkpoints scores what a submission wrote: drop {others[0]}")
         checkpoints = open_checkpoints(args.checkpoints, n_models=args.n_models)
+        show_notes(checkpoints.notes, quiet=args.quiet)
         config = eval_config(args, n_models=len(checkpoints.names))
         return config, checkpoints, cache_root(args)
     config = eval_config(args)
@@ -311,10 +312,15 @@ def evaluation_inputs(args: argparse.Namespace):
         notebook=args.notebook,
         hyperparameters=parse_hyperparameters(args.hp),
     )
-    if not args.quiet:
-        for note in method.notes:
-            print(f"note: {note}", file=sys.stderr)
+    show_notes(method.notes, quiet=args.quiet)
     return config, with_time_limit(method, run_timeout(args)), cache_root(args)
+
+
+def show_notes(notes, *, quiet: bool) -> None:
+    """What the evaluator noticed about the method or checkpoints it is given, on stderr."""
+    if not quiet:
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
 
 
 def out_lock(out: Path):

@@ -20,7 +20,12 @@ A folder written by ``python -m submission.run`` has a ``manifest.json``: its da
 fingerprint and its original model's sha256 must be this evaluation's, else the checkpoints
 were made from other data or another original and scoring them here means nothing, so it is
 refused (an error, not a warning). Its per-checkpoint seconds become the report's seconds
-per run; checkpoints without a manifest have no seconds (the report says so).
+per run, for each checkpoint whose bytes are the ones it recorded (sha256). The zip holds
+checkpoints only, as the competition's does, so a zip's manifest is the runner's
+``manifest.json`` beside it (``--zip`` writes both into one folder); it is taken only when it
+records every checkpoint in the zip with the same sha256, else it describes other files and
+is ignored (a note says so). Checkpoints without a manifest have no seconds (the report says
+so).
 """
 
 from __future__ import annotations
@@ -82,10 +87,13 @@ class Checkpoints:
         return {"source": self.source, "notes": list(self.notes), "identity": identity}
 
     def seconds(self, index: int) -> float:
-        """Seconds of run ``index`` as the manifest records them, else NaN (unknown)."""
-        entry = (self.manifest or {}).get("checkpoints", {}).get(str(index), {})
+        """Seconds of run ``index`` as the manifest records them, else NaN (unknown): also
+        when the checkpoint is not the file the manifest recorded (another sha256)."""
+        entry = _entry(self.manifest, index)
         seconds = entry.get("seconds")
-        return float(seconds) if isinstance(seconds, (int, float)) else math.nan
+        if entry.get("sha256") != self.sha256[index] or not isinstance(seconds, (int, float)):
+            return math.nan
+        return float(seconds)
 
     def state(self, index: int, original: Mapping) -> dict:
         """Checkpoint ``index``, loaded weights-only and checked against ``original``."""
@@ -129,10 +137,13 @@ def open_checkpoints(path: str | Path, *, n_models: int | None = None) -> Checkp
     """The checkpoints in a folder or a zip (see the module docstring); ``n_models``: how
     many there must be (``None``: as many as there are, at least 2)."""
     path = Path(path)
+    notes: tuple[str, ...] = ()
     if path.is_dir():
-        names, digests, manifest = _folder(path)
+        names, digests = _folder(path)
+        manifest = _read_manifest(path / MANIFEST)
     elif path.is_file():
-        names, digests, manifest = _zip(path)
+        names, digests = _zip(path)
+        manifest, notes = _manifest_beside(path, digests)
     else:
         raise UsageError(f"--checkpoints {path} not found: give a folder or a .zip")
     indices = sorted(names)
@@ -155,6 +166,7 @@ def open_checkpoints(path: str | Path, *, n_models: int | None = None) -> Checkp
         names=tuple(names[j] for j in range(n)),
         sha256=tuple(digests[j] for j in range(n)),
         manifest=manifest,
+        notes=notes,
     )
 
 
@@ -169,7 +181,49 @@ def check_like_original(state: Mapping, original: Mapping, where: str) -> None:
         )
 
 
-def _folder(path: Path) -> tuple[dict[int, str], dict[int, str], dict | None]:
+def _entry(manifest: Mapping | None, index: int) -> Mapping:
+    """The manifest's record of checkpoint ``index`` (empty when it has none)."""
+    entries = (manifest or {}).get("checkpoints")
+    entry = entries.get(str(index)) if isinstance(entries, Mapping) else None
+    return entry if isinstance(entry, Mapping) else {}
+
+
+def _read_manifest(path: Path) -> dict | None:
+    """``path`` read as JSON, ``None`` when there is no such file."""
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        manifest = None
+    if not isinstance(manifest, dict):
+        raise UsageError(
+            f"{path} is unreadable: restore it, or score a copy of the checkpoints without it"
+        )
+    return manifest
+
+
+def _manifest_beside(path: Path, digests: dict[int, str]) -> tuple[dict | None, tuple[str, ...]]:
+    """The runner's manifest next to the zip ``path``, if it records exactly these
+    checkpoints (index and sha256); else none, and a note saying why when there is a file."""
+    beside = path.parent / MANIFEST
+    try:
+        manifest = _read_manifest(beside)
+    except UsageError:
+        return None, (f"{beside} is unreadable; the zip's checkpoints are scored without it",)
+    if manifest is None:
+        return None, ()
+    recorded = {j: _entry(manifest, j).get("sha256") for j in digests}
+    if recorded != digests:
+        return None, (
+            f"{beside} records other checkpoints than {path.name} holds (another run's, or "
+            "the zip was changed); the zip is scored without it: no seconds per run, no "
+            "check of its data and original",
+        )
+    return manifest, ()
+
+
+def _folder(path: Path) -> tuple[dict[int, str], dict[int, str]]:
     names, digests = {}, {}
     for file in path.iterdir():
         match = CHECKPOINT_RE.match(file.name)
@@ -177,19 +231,10 @@ def _folder(path: Path) -> tuple[dict[int, str], dict[int, str], dict | None]:
             index = int(match.group(1))
             names[index] = file.name
             digests[index] = sha256_of(file)
-    manifest = None
-    if (path / MANIFEST).is_file():
-        try:
-            manifest = json.loads((path / MANIFEST).read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise UsageError(
-                f"{path / MANIFEST} is unreadable: restore it, or score a copy of the "
-                "checkpoints without it"
-            ) from None
-    return names, digests, manifest
+    return names, digests
 
 
-def _zip(path: Path) -> tuple[dict[int, str], dict[int, str], None]:
+def _zip(path: Path) -> tuple[dict[int, str], dict[int, str]]:
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile:
@@ -224,7 +269,7 @@ def _zip(path: Path) -> tuple[dict[int, str], dict[int, str], None]:
                 )
             names[index] = name
             digests[index] = hashlib.sha256(data).hexdigest()
-    return names, digests, None
+    return names, digests
 
 
 def _read_member(archive: zipfile.ZipFile, name: str) -> bytes:

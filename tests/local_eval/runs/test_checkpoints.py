@@ -82,17 +82,19 @@ def test_runner_checkpoints_score_as_the_evaluators_own_runs_bitwise(made):
                               ran.signals.retrained.forget_logits)  # fmt: skip
         assert scored.trained == {"original": 0, "retrained": 0}
         assert scored.method["source"] == f"checkpoints:{source}"
-    # seconds: the runner's manifest's for the folder, unknown for a bare zip
+    # seconds: the runner's manifest's, for the folder and for the zip beside it
     manifest = json.loads((made["folder"] / "manifest.json").read_text())
     recorded = [manifest["checkpoints"][str(j)]["seconds"] for j in range(N)]
-    assert evaluate(open_checkpoints(made["folder"]), made).signals.unlearned.seconds.tolist() \
-        == pytest.approx(recorded)  # fmt: skip
-    assert np.isnan(evaluate(open_checkpoints(made["zip"]), made).signals.unlearned.seconds).all()
+    for source in (made["folder"], made["zip"]):
+        seconds = evaluate(open_checkpoints(source), made).signals.unlearned.seconds
+        assert seconds.tolist() == pytest.approx(recorded), source
 
 
 def test_the_references_are_cached_under_the_originals_hash(made, tmp_path):
-    """Another original: other references (trained again); the same one: read back."""
+    """Another original: other references (trained again); the same one: read back. (The
+    zip alone: the manifest beside the runner's would refuse the other original.)"""
     cache = ModelCache(tmp_path / "cache")
+    bare = shutil.copy(made["zip"], tmp_path / "submission.zip")
     other = tmp_path / "other.pth"
     state = torch.load(made["original"], weights_only=True)
     state[next(iter(state))] += 1
@@ -101,7 +103,7 @@ def test_the_references_are_cached_under_the_originals_hash(made, tmp_path):
     def trained(original):
         config = EvalConfig(n_models=N, recipe_overrides={"epochs": EPOCHS}, workers=1,
                             threads=1, original=str(original))  # fmt: skip
-        result = run_evaluation(config, open_checkpoints(made["zip"]), cache=cache, progress=False)
+        result = run_evaluation(config, open_checkpoints(bare), cache=cache, progress=False)
         return result.trained["retrained"]
 
     assert trained(made["original"]) == 2 * N
@@ -259,6 +261,52 @@ def test_a_manifest_of_other_data_or_another_original_is_refused(made, tmp_path)
     code, err, out = score(made, tmp_path, "--checkpoints", str(made["folder"]),
                            "--original", str(other), original=False)  # fmt: skip
     assert_refused((code, err, out), "original model sha256")
+
+
+def recorded_seconds(made) -> list[float]:
+    manifest = json.loads((made["folder"] / "manifest.json").read_text())
+    return [manifest["checkpoints"][str(j)]["seconds"] for j in range(N)]
+
+
+def test_a_zip_takes_the_runners_manifest_beside_it_only_when_it_records_its_files(made, tmp_path):
+    beside = open_checkpoints(made["zip"])
+    assert [beside.seconds(j) for j in range(N)] == recorded_seconds(made)
+    assert beside.manifest is not None and beside.notes == ()
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(made["zip"], alone)
+    bare = open_checkpoints(alone / "submission.zip")
+    assert bare.manifest is None and bare.notes == ()
+    assert all(np.isnan(bare.seconds(j)) for j in range(N))
+    # a manifest of other checkpoints (another run's) beside the zip: ignored, and said so
+    manifest = json.loads((made["folder"] / "manifest.json").read_text())
+    manifest["checkpoints"]["1"]["sha256"] = "0" * 64
+    (alone / "manifest.json").write_text(json.dumps(manifest))
+    other = open_checkpoints(alone / "submission.zip")
+    assert other.manifest is None and all(np.isnan(other.seconds(j)) for j in range(N))
+    assert len(other.notes) == 1 and "records other checkpoints than submission.zip" in \
+        other.notes[0]  # fmt: skip
+    (alone / "manifest.json").write_text("{not json")
+    assert "is unreadable" in open_checkpoints(alone / "submission.zip").notes[0]
+
+
+def test_a_zips_manifest_of_other_data_is_refused(made, tmp_path):
+    folder = tmp_path / "zipped"
+    folder.mkdir()
+    shutil.copy(made["zip"], folder)
+    manifest = json.loads((made["folder"] / "manifest.json").read_text())
+    manifest["data_fingerprint"] = "0" * 64
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    refused = score(made, tmp_path, "--checkpoints", str(folder / "submission.zip"))
+    assert_refused(refused, "were made by another job: its manifest.json names data fingerprint")
+
+
+def test_a_checkpoint_changed_after_the_run_has_no_recorded_seconds(made, tmp_path):
+    folder = folder_of(made, tmp_path)
+    shutil.copy(folder / "unlearned_checkpoint_0.pth", folder / "unlearned_checkpoint_2.pth")
+    found = open_checkpoints(folder)
+    assert [found.seconds(j) for j in (0, 1)] == recorded_seconds(made)[:2]
+    assert np.isnan(found.seconds(2))
 
 
 def test_checkpoints_exclude_a_submission(made, tmp_path):
