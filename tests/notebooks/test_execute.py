@@ -1,6 +1,8 @@
 """Built notebooks executed end to end in a real kernel, against the stub inputs."""
 
+import hashlib
 import json
+import shutil
 import time
 import zipfile
 
@@ -59,13 +61,25 @@ def _check_submission(work, tmp, n):
     return members
 
 
+def _sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def test_method_notebook_writes_n_checkpoints_and_zip(execute, stub_dir, tmp_path):
     nb = build_kaggle_notebook(method="finetune")
     nbformat.validate(nb)
     work, tmp = _dirs(tmp_path)
     nb = execute(nb, tmp_path, **_env(stub_dir, work, tmp, 3, UNLEARN_TIME_LIMIT_H="0.02"))
     _check_submission(work, tmp, 3)
-    assert [p.name for p in work.iterdir()] == ["submission.zip"]
+    assert sorted(p.name for p in work.iterdir()) == ["manifest.json", "submission.zip"]
+    # the manifest beside the zip: each checkpoint's bytes, its seconds, the original
+    manifest = json.loads((work / "manifest.json").read_text())
+    assert manifest["n"] == 3 and manifest["original_sha256"] == _sha256(
+        stub_dir / "original_model.pth")
+    for j in range(3):
+        entry = manifest["checkpoints"][str(j)]
+        assert entry["file"] == f"unlearned_checkpoint_{j}.pth"
+        assert entry["sha256"] == _sha256(tmp / entry["file"]) and entry["seconds"] > 0
     out = _outputs(nb)
     assert "run 3/3" in out and "granted" in out
     # The checkpoints differ from the original: unlearning ran.
@@ -99,7 +113,22 @@ def test_the_notebooks_zip_is_scored_by_the_evaluator(execute, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["n_models"] == 2 and report["method"]["source"].startswith("checkpoints:")
     assert 0.0 <= report["forget_quality"] <= 1.0
-    assert report["time"]["unlearning_s_mean"] is None  # a bare zip records no seconds
+    # the seconds are the notebook's, from the manifest it left beside the zip
+    seconds = json.loads((work / "manifest.json").read_text())["checkpoints"]
+    assert report["time"]["unlearning_s_mean"] == pytest.approx(
+        (seconds["0"]["seconds"] + seconds["1"]["seconds"]) / 2)
+    # the zip alone (downloaded without it) is scored too, without seconds
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(work / "submission.zip", alone)
+    code = local_eval_main([
+        "--checkpoints", str(alone / "submission.zip"), "--dataset", f"kaggle:{stub_dir}",
+        "--epochs", "1", "--workers", "1", "--threads", "1", "--quiet",
+        "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "report-alone"),
+    ])  # fmt: skip
+    assert code == 0
+    report = json.loads((tmp_path / "report-alone" / "report.json").read_text())
+    assert report["time"]["unlearning_s_mean"] is None
 
 
 def test_user_submission_without_budget_runs(execute, stub_dir, tmp_path):
