@@ -178,6 +178,21 @@ def check_checkpoints(n_runs):
     return [checkpoint_path(i) for i in range(n_runs)]
 
 
+def returned_model(out, net, i):
+    """The model run ``i`` produced: what ``unlearning`` returned, or ``net`` (changed in
+    place) when it returned ``None``; the kit's evaluator and runner take the same one, so the
+    checkpoints are the models they score. It must be a ResNet-18 of the original's keys."""
+    model = net if out is None else out
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"unlearning() returned a {type(out).__name__} in run {i}: return "
+                        "nothing (change net in place) or the unlearned torch model")
+    keys, expected = set(model.state_dict()), set(net.state_dict())
+    if keys != expected:
+        raise ValueError(f"unlearning() returned a model of other weights in run {i} "
+                         f"(e.g. {sorted(keys ^ expected)[:3]}): return a ResNet-18 like net")
+    return model
+
+
 def save_checkpoint(net, path):
     """Save ``net``'s state dict (on the CPU) to ``path``; returns the sha256 of the bytes
     written, hashed in memory rather than by reading the file back."""
@@ -253,11 +268,11 @@ def run_all(unlearn_fn):
         granted_s = budget.next_budget()
         unlearn_start = time.perf_counter()
         if takes_budget:
-            unlearn_fn(net, retain_loader, forget_loader, val_loader, budget_s=granted_s)
+            out = unlearn_fn(net, retain_loader, forget_loader, val_loader, budget_s=granted_s)
         else:
-            unlearn_fn(net, retain_loader, forget_loader, val_loader)
+            out = unlearn_fn(net, retain_loader, forget_loader, val_loader)
         unlearn_s = time.perf_counter() - unlearn_start
-        sha256 = save_checkpoint(net, checkpoint_path(i))
+        sha256 = save_checkpoint(returned_model(out, net, i), checkpoint_path(i))
         records[str(i)] = {"file": os.path.basename(checkpoint_path(i)), "sha256": sha256,
                            "seconds": round(unlearn_s, 4)}
         budget.record(granted_s=granted_s, unlearn_s=unlearn_s, total_s=time.perf_counter() - start)

@@ -141,6 +141,33 @@ def test_user_submission_without_budget_runs(execute, stub_dir, tmp_path):
     assert "takes no budget_s" in _outputs(nb)
 
 
+RETURNING_SUBMISSION = '''
+import copy
+
+import torch
+
+
+def unlearning(net, retain_loader, forget_loader, val_loader):
+    """Returns a changed copy and leaves net as it was."""
+    model = copy.deepcopy(net)
+    with torch.no_grad():
+        model.fc.bias.add_(1.0)
+    return model
+'''
+
+
+def test_a_returned_model_is_the_checkpoint(execute, stub_dir, tmp_path):
+    """As in the kit's evaluator and runner: the model unlearning() returns is saved."""
+    path = tmp_path / "returning.py"
+    path.write_text(RETURNING_SUBMISSION)
+    work, tmp = _dirs(tmp_path)
+    execute(build_kaggle_notebook(submission_file=path), tmp_path, **_env(stub_dir, work, tmp, 1))
+    original = torch.load(stub_dir / "original_model.pth", weights_only=True)
+    saved = torch.load(tmp / "unlearned_checkpoint_0.pth", weights_only=True)
+    assert torch.equal(saved["fc.bias"], original["fc.bias"] + 1.0)
+    assert torch.equal(saved["fc.weight"], original["fc.weight"])
+
+
 def test_mock_input_writes_only_an_empty_zip(execute, mock_dir, tmp_path):
     work, tmp = _dirs(tmp_path)
     start = time.perf_counter()
