@@ -14,7 +14,9 @@ uses for the same data and architecture (``local_eval.training.train``; ``--reci
 another), so the ratio printed here is the one the evaluator's report gives. Reports seconds
 per run, the projected total for N runs against the job budget, and the ratio of a run to
 one retraining (recipe epochs x the measured epoch) against the organisers' cut-off (about
-20%).
+20%). The method is ``--method``, ``--submission`` or ``--notebook`` (none: the kit's
+default); its runs start from ``--original``, by default a ``kaggle:PATH`` folder's
+``original_model.pth``, else an untrained model (the report says which).
 
 Projection to another machine uses only numbers the user supplies: ``--speed-factor F`` (the
 target is F times faster) or ``--machine FILE``, a profile that ``--calibrate FILE`` wrote on
@@ -44,6 +46,7 @@ from local_eval.common.checks import (
 from local_eval.common.errors import UsageError
 from local_eval.common.files import sha256_of
 from local_eval.data.setup import LOADER_BATCH
+from local_eval.runs.pipeline import competition_original
 from local_eval.training.train import CUTOFF, Recipe, default_recipe, get_recipe, train_new_model
 from submission.devices import synchronize
 from submission.loop import record_timings, warm_up
@@ -229,9 +232,12 @@ def projection(per_run_s: float, n: int, budget_s: float) -> dict:
 
 def format_report(report: dict, method: str) -> str:
     ph = report["phases_per_run_s"]
+    untrained = "an untrained model (no --original: a method whose work depends on the "
+    untrained += "original it is given may take another time)"
     lines = [
         f"{method}: {report['seconds_per_run']:.3f} s per run "
         f"(mean of {report['runs_measured']}, slowest {report['slowest_run_s']:.3f} s)",
+        f"  from {report.get('original') or untrained}",
         f"  data loading {ph['data_s']:.3f} s | forward/backward/step {ph['step_s']:.3f} s | "
         f"method's own work {ph['extra_s']:.3f} s",
         f"  steps run {report['steps_per_run']:.0f} of {report['planned_steps_per_run']:.0f} "
@@ -264,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m submission.profile",
         description="Time a method and project it against the competition's time budget.",
     )
-    p.add_argument("--method", help="a registered method name")
+    p.add_argument("--method", help="a registered method name (default: the kit's default method)")
     p.add_argument("--submission", help="a Python file defining unlearning(...)")
     p.add_argument("--notebook", help="an .ipynb whose code cells define unlearning()")
     p.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE")
@@ -273,7 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--arch", default=None, help="smallcnn, resnet18 or resnet18_narrow (default: by data)"
     )
-    p.add_argument("--original", default=None, help="weights to start from (default: fresh)")
+    p.add_argument(
+        "--original",
+        default=None,
+        help="weights to start from (default: with --data kaggle:PATH, PATH/original_model.pth "
+        "when there; else an untrained model)",
+    )
     p.add_argument("--k", type=int, default=3, help="timed unlearning runs (default 3)")
     p.add_argument("--n", type=int, default=512, help="runs in the job (default 512)")
     p.add_argument("--budget-h", type=float, default=8.0, help="hours for the whole job")
@@ -305,10 +316,9 @@ def check_args(args) -> None:
     ):
         check_positive(value, name)
     chosen = [x for x in (args.method, args.submission, args.notebook) if x is not None]
-    if args.calibrate is None and len(chosen) != 1:
+    if len(chosen) > 1:  # none: the kit's default method, as for the runner and the evaluator
         raise UsageError(
-            "give one of --method NAME, --submission FILE.py or --notebook FILE.ipynb "
-            "(or --calibrate FILE)"
+            "give at most one of --method NAME, --submission FILE.py or --notebook FILE.ipynb"
         )
 
 
@@ -320,10 +330,14 @@ def profile(args) -> dict:
     setup, model, arch = load_setup_and_model(
         data=args.data, forget=args.forget, seed=args.seed, arch=args.arch
     )
-    if args.original:
-        original = load_state_dict(check_file(args.original, "original model"))
-        check_state_dict_fits(original, model, arch, args.original)
-        sha = sha256_of(Path(args.original))
+    # A method's time can depend on the original it starts from (relearn chooses its regime
+    # from the original's held-out confidence), so a competition folder's own original is the
+    # default, as for the evaluator's --checkpoints; else an untrained model, said in the report.
+    original_path = args.original or competition_original(args.data)
+    if original_path:
+        original = load_state_dict(check_file(original_path, "original model"))
+        check_state_dict_fits(original, model, arch, original_path)
+        sha = sha256_of(Path(original_path))
     else:
         original, sha = {k: v.clone() for k, v in model.state_dict().items()}, None
     inputs = Inputs(setup, arch, original, sha, method, device)
@@ -351,6 +365,7 @@ def profile(args) -> dict:
     )
     report.update(method=method.name, hyperparameters=method.hyperparameters(), data=args.data)
     report.update(arch=arch, device=str(device), budget_s_per_run=args.budget_s, runs=runs)
+    report.update(original=str(original_path) if original_path else None)
     return report
 
 

@@ -130,10 +130,35 @@ def test_calibrate_then_project_with_the_machine_profile(tmp_path, capsys, monke
         (["--method", "nope"], "unknown method 'nope'"),
         (["--method", "finetune", "--speed-factor", "0"], "--speed-factor must be a positive"),
         (["--method", "finetune", "--k", "0"], "must be at least 1"),
-        ([], "give one of --method NAME, --submission FILE.py or --notebook"),
+        (["--method", "finetune", "--submission", "x.py"], "give at most one of --method NAME"),
     ],
 )
 def test_bad_input_is_one_clear_line(argv, message, capsys):
     assert profile.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err
+
+
+@pytest.mark.slow
+def test_a_competition_folders_original_is_the_default_start(tmp_path, capsys):
+    """With --data kaggle:PATH the runs start from PATH/original_model.pth (a method's time can
+    depend on the original: relearn chooses its regime from it); elsewhere from an untrained
+    model, and the report says which."""
+    from data_stubs import StubConfig, make_stub
+
+    folder = make_stub(tmp_path / "stub", StubConfig(n_persons=8, n_forget_persons=1,
+                                                     n_val_persons=4, images_per_person=2,
+                                                     epochs=1))  # fmt: skip
+    argv = ["--method", "finetune", "--data", f"kaggle:{folder}", "--k", "1",
+            "--retrain-epochs", "1", "--json"]  # fmt: skip
+    assert profile.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["original"] == str(folder / "original_model.pth")
+    # it is loaded: an original of another architecture there is refused
+    torch.save(torch.nn.Linear(2, 2).state_dict(), folder / "original_model.pth")
+    assert profile.main(argv) == 2
+    assert "does not fit" in capsys.readouterr().err
+    assert profile.main(["--method", "finetune", "--k", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["original"] is None
+    assert profile.main(["--method", "finetune", "--k", "1"]) == 0
+    assert "from an untrained model (no --original" in capsys.readouterr().out
