@@ -300,6 +300,7 @@ def _header(p: dict) -> str:
         "| module | file | sha256 |\n|---|---|---|\n" + rows + kwargs + "\n\n"
         "Without the competition data (only `empty.txt`, the public copy) it writes an empty "
         "`submission.zip` and stops. Otherwise it runs `unlearning` on the original model N "
-        "times within the time limit, each run granted an equal share of the time left, and "
-        "zips the N checkpoints into `submission.zip`."
+        "times within the time limit, each run granted an equal share of the time left (at "
+        "most 90% of the organisers' cut-off, 20% of one retraining as timed here first), "
+        "zips the N checkpoints into `submission.zip` and writes `manifest.json` beside it."
     )

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 import shutil
 import time
 import zipfile
@@ -82,10 +83,27 @@ def test_method_notebook_writes_n_checkpoints_and_zip(execute, stub_dir, tmp_pat
         assert entry["sha256"] == _sha256(tmp / entry["file"]) and entry["seconds"] > 0
     out = _outputs(nb)
     assert "run 3/3" in out and "granted" in out
+    # each call is granted at most 90% of the 20% cut-off of a retraining timed in the notebook
+    found = re.search(r"one retraining here: about ([\d.]+) s .*at most ([\d.]+) s", out)
+    assert found, out
+    retrain_s, cap = map(float, found.groups())
+    assert cap == pytest.approx(0.9 * 0.2 * retrain_s, rel=0.02, abs=0.06)
+    granted = [float(g) for g in re.findall(r"granted ([\d.]+) s", out)]
+    assert len(granted) == 3 and max(granted) <= max(cap, 1.0) + 0.05  # 1 s: the floor
     # The checkpoints differ from the original: unlearning ran.
     original = torch.load(stub_dir / "original_model.pth", weights_only=True)
     changed = torch.load(tmp / "unlearned_checkpoint_0.pth", weights_only=True)
     assert any(not torch.equal(original[k], changed[k]) for k in original)
+
+
+def test_the_cutoff_cap_can_be_turned_off(execute, stub_dir, tmp_path):
+    work, tmp = _dirs(tmp_path)
+    nb = execute(build_kaggle_notebook(method="finetune"), tmp_path,
+                 **_env(stub_dir, work, tmp, 1, UNLEARN_CUTOFF="0", UNLEARN_TIME_LIMIT_H="0.01"))
+    out = _outputs(nb)
+    assert "one retraining here" not in out
+    granted = float(re.search(r"granted ([\d.]+) s", out).group(1))
+    assert granted > 20  # the time limit's share: 36 s less the safety share and overheads
 
 
 def test_the_notebooks_zip_is_scored_by_the_evaluator(execute, tmp_path):
