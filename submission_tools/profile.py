@@ -8,8 +8,9 @@ Example::
 
 Measures ``k`` unlearning runs (after one discarded warm-up run), split by phase through the
 shared loop's timings: data loading, forward/backward/step, and the method's own extra work
-(everything else in the call: teacher copies, masks, dampening); and one epoch of the
-retraining recipe by the evaluator's own trainer. "One retraining" is the recipe the evaluator
+(everything else in the call: teacher copies, masks, dampening); and an epoch of the
+retraining recipe by the evaluator's own trainer (the faster of two, warm:
+``submission_tools.run.cutoff``). "One retraining" is the recipe the evaluator
 uses for the same data and architecture (``local_eval.training.train``; ``--recipe`` to choose
 another), so the ratio printed here is the one the evaluator's report gives. Reports seconds
 per run, the projected total for N runs against the job budget, and the ratio of a run to
@@ -25,7 +26,6 @@ and the factor is the ratio of the two. No hardware numbers are built in.
 """
 
 import argparse
-import dataclasses
 import json
 import platform
 import statistics
@@ -47,10 +47,11 @@ from local_eval.common.errors import UsageError
 from local_eval.common.files import sha256_of
 from local_eval.data.setup import LOADER_BATCH
 from local_eval.runs.pipeline import competition_original
-from local_eval.training.train import CUTOFF, Recipe, default_recipe, get_recipe, train_new_model
+from local_eval.training.train import CUTOFF, default_recipe, get_recipe
 from submission.devices import synchronize
 from submission.loop import record_timings, warm_up
 from submission_tools.run.budget import duration
+from submission_tools.run.cutoff import time_retrain_epoch
 from submission_tools.run.inputs import (
     Inputs,
     load_method,
@@ -156,18 +157,6 @@ def time_runs(inputs: Inputs, args, k: int) -> list[dict]:
             }
         )
     return runs
-
-
-def time_retrain_epoch(setup, arch: str, recipe: Recipe, device: torch.device, seed: int) -> dict:
-    """One epoch of ``recipe`` on retain from a fresh model, by the evaluator's own trainer
-    (``local_eval.training.train``), so that "one retraining" means here what it means in
-    the evaluator's report: ``recipe.epochs`` such epochs, validation passes included."""
-    one_epoch = dataclasses.replace(recipe, epochs=1)
-    result = train_new_model(
-        arch, setup.retain, setup.val, one_epoch, num_classes=setup.num_classes, device=device,
-        seed=seed,
-    )  # fmt: skip
-    return {"total_s": result.seconds, "recipe": recipe.name}
 
 
 # ---------------------------------------------------------------- the report (pure)

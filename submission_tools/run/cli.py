@@ -5,6 +5,7 @@ import sys
 
 from local_eval.common.errors import RunTimeout
 from local_eval.data.setup import LOADER_BATCH
+from local_eval.training.train import CUTOFF
 from submission_tools.run.folder import ZIP_NAME
 from submission_tools.run.job import RunJob
 from submission_tools.run.runner import run_job
@@ -38,6 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=512, help="number of checkpoints (default 512)")
     p.add_argument("--budget-h", type=float, default=8.0, help="hours for the whole job")
     p.add_argument("--budget-s", type=float, default=None, help="seconds per run")
+    p.add_argument(
+        "--cutoff",
+        type=float,
+        default=CUTOFF,
+        help="without --budget-s, no run is granted more than 90%% of this share of one "
+        "retraining, an epoch of which is timed first (default %(default)s, the organisers' "
+        "cut-off; 0: no cap)",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="run i uses seed + i")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")

@@ -12,6 +12,7 @@ from local_eval.common.errors import UsageError
 from local_eval.common.files import sha256_of
 from local_eval.common.shard_text import split_shard
 from local_eval.data.setup import LOADER_BATCH
+from local_eval.training.train import CUTOFF
 
 SHARE_OF_BUDGET = 0.9  # per-run share of the even split; the rest pays for saving and loading
 # How checkpoint j is seeded (local_eval.runs.unlearning): recorded, so that a folder written
@@ -45,6 +46,7 @@ class RunJob:
     n: int = 512
     budget_h: float = 8.0
     budget_s: float | None = None
+    cutoff: float = CUTOFF  # the share of one retraining a run may take (0: no cap)
     seed: int = 0
     device: str | None = None
     batch_size: int = LOADER_BATCH
@@ -68,6 +70,10 @@ class RunJob:
             raise UsageError(f"--n must be at least 1, got {self.n}")
         check_positive(self.budget_h, "--budget-h")
         check_positive(self.budget_s, "--budget-s")
+        if not 0 <= self.cutoff < 1:
+            raise UsageError(
+                f"--cutoff is a share of one retraining (0: off, below 1): {self.cutoff}"
+            )
         if self.seed < 0:
             raise UsageError(f"--seed must be non-negative, got {self.seed}")
         if self.batch_size < 1:

@@ -9,8 +9,10 @@ from local_eval.common.files import atomic_write_json, check_out_folder
 from local_eval.common.timing import time_limit
 from local_eval.runs.loading import LoadedMethod
 from local_eval.runs.unlearning import run_seed
+from local_eval.training.train import default_recipe, get_recipe
 from submission.loop import warm_up
 from submission_tools.run.budget import BudgetWatch, duration
+from submission_tools.run.cutoff import CUTOFF_MARGIN, cutoff_cap_s, time_retrain_epoch
 from submission_tools.run.folder import (
     CHECKPOINT_RE,
     MANIFEST,
@@ -75,6 +77,10 @@ def run_locked(job: RunJob, inputs: Inputs) -> int:
         kept = len(mine) - len(todo)
         print(f"resuming: {kept} valid checkpoints kept, {len(todo)} to do", file=sys.stderr)
     budget_s = job.per_run_budget()
+    if job.budget_s is None and job.cutoff > 0 and inputs.method.accepts_budget and todo:
+        cap, note = cutoff_cap(job, inputs)
+        budget_s = min(budget_s, cap)
+        print(note, file=sys.stderr)
     prior = budget_s if inputs.method.accepts_budget else 0.0
     watch = BudgetWatch(job.budget_h * 3600, len(todo), prior_s=prior)
     print(startup_note(job, budget_s, len(todo), inputs.method), file=sys.stderr)
@@ -123,6 +129,22 @@ def job_time_limit(watch: BudgetWatch, what: str):
         f"{what} was still going when the {duration(watch.total_s)} job budget ran out "
         "(does the method honour budget_s, or does it hang?); stopped",
     )
+
+
+def cutoff_cap(job: RunJob, inputs: Inputs) -> tuple[float, str]:
+    """The most seconds a run of ``job`` is granted under its cut-off (one epoch of the
+    evaluator's retraining recipe timed here: ``submission_tools.run.cutoff``), and a line
+    saying so."""
+    recipe = get_recipe(default_recipe(inputs.arch, job.data))
+    epoch_s = time_retrain_epoch(inputs.setup, inputs.arch, recipe, inputs.device, job.seed)
+    cap = cutoff_cap_s(epoch_s["total_s"], recipe.epochs, share=job.cutoff)
+    retrain_s = recipe.epochs * epoch_s["total_s"]
+    note = (
+        f"one retraining here ({recipe.name}, {recipe.epochs} epochs): about "
+        f"{duration(retrain_s)}; a run gets at most {cap:.2f} s ({CUTOFF_MARGIN:.0%} of the "
+        f"{job.cutoff:.0%} cut-off; --cutoff 0 lifts it)"
+    )
+    return cap, note
 
 
 def startup_note(job: RunJob, budget_s: float, todo: int, method: LoadedMethod) -> str:

@@ -198,6 +198,7 @@ def test_manifest_of_another_job_is_refused(tmp_path):
         (["--n", "0"], "--n must be at least 1"),
         (["--budget-h", "-1"], "--budget-h must be a positive number"),
         (["--budget-s", "0"], "--budget-s must be a positive number"),
+        (["--cutoff", "1.5"], "--cutoff is a share of one retraining (0: off, below 1): 1.5"),
         (["--original", "missing.pth"], "original model not found: missing.pth"),
         (["--method", "nope"], "unknown method 'nope'; known methods: bad_teacher"),
     ],

@@ -76,7 +76,8 @@ def assert_complete(out: Path, n: int, original: Path):
 def test_resume_after_sigkill_ends_with_exactly_n_valid_checkpoints(original, tmp_path):
     n = 6
     out = tmp_path / "out"
-    job = ("--method", "random_label", "--hp", "epochs=2", "--n", str(n))
+    # --cutoff 0: the budget no timing moves, so run i is the same model whenever it is made
+    job = ("--method", "random_label", "--hp", "epochs=2", "--n", str(n), "--cutoff", "0")
     args = command(original, out, *job, "--zip")
     proc = subprocess.Popen(args, cwd=ROOT, env=ENV, stderr=subprocess.PIPE, text=True)
     manifest_path = out / "manifest.json"
@@ -195,3 +196,44 @@ def test_full_disk_is_refused_before_any_work(original, tmp_path, monkeypatch, c
     assert "not enough disk space" in err and "512 checkpoints" in err and "plus the zip" in err
     assert "Traceback" not in err
     assert not out.exists()  # nothing of the job is left behind
+
+
+def test_cutoff_cap_is_the_share_of_the_epochs_less_the_margin():
+    from submission_tools.run.cutoff import cutoff_cap_s
+
+    assert cutoff_cap_s(2.0, 30) == pytest.approx(0.9 * 0.2 * 60)
+    assert cutoff_cap_s(0.5, 10, share=0.1, margin=1.0) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="epoch_s > 0"):
+        cutoff_cap_s(0.0, 30)
+
+
+@pytest.mark.slow
+def test_a_job_share_over_the_cutoff_is_capped_unless_lifted(original, tmp_path):
+    """Without --budget-s a run is granted at most 90% of 20% of one retraining (an epoch of
+    the evaluator's recipe timed first), however many hours the job has; --cutoff 0 lifts the
+    cap, and --budget-s fixes the budget without timing anything."""
+    share = 0.9 * 1 * 3600 / 2  # --budget-h 1, --n 2: 1,620 s a run
+    out = tmp_path / "capped"
+    result = run_cli(*command(original, out, "--method", "finetune", "--n", "2", "--budget-h", "1"))
+    assert result.returncode == 0, result.stderr
+    line = next(x for x in result.stderr.splitlines() if x.startswith("one retraining here"))
+    assert "(fast_smallcnn, 10 epochs)" in line and "--cutoff 0 lifts it" in line
+    cap = float(line.split("a run gets at most ")[1].split(" s")[0])
+    budgets = {e["budget_s"] for e in json.loads((out / "manifest.json").read_text())[
+        "checkpoints"].values()}  # fmt: skip
+    assert len(budgets) == 1 and budgets.pop() == pytest.approx(cap, abs=0.006) and cap < share
+    assert f"{cap:.2f} s budget per run" in result.stderr
+
+    lifted = tmp_path / "lifted"
+    result = run_cli(*command(original, lifted, "--method", "finetune", "--n", "2",
+                              "--budget-h", "1", "--cutoff", "0"))  # fmt: skip
+    assert result.returncode == 0 and "one retraining here" not in result.stderr
+    entries = json.loads((lifted / "manifest.json").read_text())["checkpoints"].values()
+    assert [e["budget_s"] for e in entries] == pytest.approx([share, share])
+
+    fixed = tmp_path / "fixed"
+    result = run_cli(*command(original, fixed, "--method", "finetune", "--n", "2",
+                              "--budget-s", "7"))  # fmt: skip
+    assert result.returncode == 0 and "one retraining here" not in result.stderr
+    entries = json.loads((fixed / "manifest.json").read_text())["checkpoints"].values()
+    assert {e["budget_s"] for e in entries} == {7}
