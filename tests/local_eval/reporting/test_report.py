@@ -216,7 +216,12 @@ def test_one_retraining_is_the_originals_training_not_the_references_mean(signal
     assert t["ratio_to_retraining"] == pytest.approx(run_s.mean() / original_s)
     assert t["slow_runs"] == int(np.sum(run_s > 0.2 * original_s))
     assert t["slow_run_threshold_s"] == pytest.approx(0.2 * original_s)
-    assert f"the original's training, {original_s:.2f} s" in format_summary(built[0])
+    # with an original given, the floor's model 0 is the recipe's original, not the runs'
+    assert f"the recipe's original, trained here, {original_s:.2f} s" in format_summary(built[0])
+    assert t["retraining_s_of"] == "recipe"
+    own, _ = build_report(signals, context={"title": "test run"}, original_in_floor=True)
+    assert f"the original's training, {original_s:.2f} s" in format_summary(own)
+    assert own["time"]["retraining_s_of"] == "original"
     # batched references (amortised seconds) change nothing: the original is trained alone
     report, _ = build_report(signals, context={"config": {"trainer": "batched"}})
     assert report["time"] == t
