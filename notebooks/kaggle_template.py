@@ -193,8 +193,8 @@ def cutoff_cap(retain_loader):
     epoch_s = time_retraining_epoch(retain_loader)
     cap = CUTOFF_MARGIN * CUTOFF * RETRAIN_EPOCHS * epoch_s
     print(f"one retraining here: about {RETRAIN_EPOCHS * epoch_s:.1f} s ({epoch_s:.2f} s an "
-          f"epoch); each unlearning call gets at most {cap:.1f} s (90% of the {CUTOFF:.0%} "
-          "cut-off)")
+          f"epoch); each unlearning call gets at most {cap:.1f} s ({CUTOFF_MARGIN:.0%} of the "
+          f"{CUTOFF:.0%} cut-off)")
     return cap
 
 
