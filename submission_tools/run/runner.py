@@ -136,6 +136,11 @@ def cutoff_cap(job: RunJob, inputs: Inputs) -> tuple[float, str]:
     evaluator's retraining recipe timed here: ``submission_tools.run.cutoff``), and a line
     saying so."""
     recipe = get_recipe(default_recipe(inputs.arch, job.data))
+    print(
+        f"timing the retraining recipe ({recipe.name}) for the cut-off: two epochs "
+        "(--cutoff 0 skips it)",
+        file=sys.stderr,
+    )
     epoch_s = time_retrain_epoch(inputs.setup, inputs.arch, recipe, inputs.device, job.seed)
     cap = cutoff_cap_s(epoch_s["total_s"], recipe.epochs, share=job.cutoff)
     retrain_s = recipe.epochs * epoch_s["total_s"]
