@@ -164,6 +164,16 @@ def test_a_wrong_count_is_refused(made, tmp_path):
                    "holds 3 checkpoint(s), not 5 (--n-models)")  # fmt: skip
 
 
+def test_a_folder_with_only_the_zip_points_at_the_zip(made, tmp_path):
+    folder = tmp_path / "working"  # what a notebook leaves: the zip and its manifest
+    folder.mkdir()
+    shutil.copy(made["zip"], folder)
+    shutil.copy(made["folder"] / "manifest.json", folder)
+    assert_refused(score(made, tmp_path, "--checkpoints", str(folder)),
+                   f"holds 0 checkpoint(s): the score needs 2 or more (give the zip in it "
+                   f"instead: --checkpoints {folder / 'submission.zip'})")  # fmt: skip
+
+
 def test_a_missing_index_is_refused(made, tmp_path):
     folder = folder_of(made, tmp_path, keep=(0, 2), manifest=False)
     assert_refused(score(made, tmp_path, "--checkpoints", str(folder)),
