@@ -100,8 +100,11 @@ def check_disk_space(out: Path, *, checkpoints: int, checkpoint_bytes: int, zip_
         )
 
 
-def log_job(out: Path, manifest: dict, watch: BudgetWatch, *, stopped: bool) -> None:
-    """Append this invocation to the manifest's history (how the folder was made)."""
+def log_job(
+    out: Path, manifest: dict, watch: BudgetWatch, *, stopped: bool, cutoff: dict | None = None
+) -> None:
+    """Append this invocation to the manifest's history (how the folder was made);
+    ``cutoff``: what capped its runs' budget, when the cut-off did."""
     manifest.setdefault("jobs", []).append(
         {
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -110,6 +113,7 @@ def log_job(out: Path, manifest: dict, watch: BudgetWatch, *, stopped: bool) -> 
             "runs": len(watch.run_seconds),
             "stopped_for_budget": stopped,
             "torch": torch.__version__,
+            **({"cutoff": cutoff} if cutoff else {}),
         }
     )
     atomic_write_json(out / MANIFEST, manifest)

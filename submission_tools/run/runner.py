@@ -77,10 +77,11 @@ def run_locked(job: RunJob, inputs: Inputs) -> int:
         kept = len(mine) - len(todo)
         print(f"resuming: {kept} valid checkpoints kept, {len(todo)} to do", file=sys.stderr)
     budget_s = job.per_run_budget()
+    cutoff = None
     if job.budget_s is None and job.cutoff > 0 and inputs.method.accepts_budget and todo:
-        cap, note = cutoff_cap(job, inputs)
-        budget_s = min(budget_s, cap)
-        print(note, file=sys.stderr)
+        cutoff = cutoff_cap(job, inputs)
+        budget_s = min(budget_s, cutoff["cap_s"])
+        print(cutoff.pop("note"), file=sys.stderr)
     prior = budget_s if inputs.method.accepts_budget else 0.0
     watch = BudgetWatch(job.budget_h * 3600, len(todo), prior_s=prior)
     print(startup_note(job, budget_s, len(todo), inputs.method), file=sys.stderr)
@@ -99,7 +100,7 @@ def run_locked(job: RunJob, inputs: Inputs) -> int:
     with progress_bar(len(mine), len(mine) - len(todo)) as bar:
         for i in todo:
             if not watch.can_start():
-                log_job(out, manifest, watch, stopped=True)
+                log_job(out, manifest, watch, stopped=True, cutoff=cutoff)
                 return stop_for_budget(job, watch, manifest)
             start = time.perf_counter()
             with job_time_limit(watch, f"run {i}"):
@@ -114,7 +115,7 @@ def run_locked(job: RunJob, inputs: Inputs) -> int:
                 bar.update(1)
             if warning:
                 print(warning, file=sys.stderr)
-    log_job(out, manifest, watch, stopped=False)
+    log_job(out, manifest, watch, stopped=False, cutoff=cutoff)
     print(summary(watch, job), file=sys.stderr)
     if job.zip:
         print(f"wrote {write_zip(out, job.n)}", file=sys.stderr)
@@ -131,10 +132,10 @@ def job_time_limit(watch: BudgetWatch, what: str):
     )
 
 
-def cutoff_cap(job: RunJob, inputs: Inputs) -> tuple[float, str]:
-    """The most seconds a run of ``job`` is granted under its cut-off (one epoch of the
-    evaluator's retraining recipe timed here: ``submission_tools.run.cutoff``), and a line
-    saying so."""
+def cutoff_cap(job: RunJob, inputs: Inputs) -> dict:
+    """The most seconds a run of ``job`` is granted under its cut-off (``cap_s``; one epoch
+    of the evaluator's retraining recipe timed here: ``submission_tools.run.cutoff``), what
+    it rests on (for the manifest's job log), and a ``note`` saying so."""
     recipe = get_recipe(default_recipe(inputs.arch, job.data))
     print(
         f"timing the retraining recipe ({recipe.name}) for the cut-off: two epochs "
@@ -149,7 +150,15 @@ def cutoff_cap(job: RunJob, inputs: Inputs) -> tuple[float, str]:
         f"{duration(retrain_s)}; a run gets at most {cap:.2f} s ({CUTOFF_MARGIN:.0%} of the "
         f"{job.cutoff:.0%} cut-off; --cutoff 0 lifts it)"
     )
-    return cap, note
+    return {
+        "cap_s": round(cap, 4),
+        "share": job.cutoff,
+        "margin": CUTOFF_MARGIN,
+        "recipe": recipe.name,
+        "epochs": recipe.epochs,
+        "epoch_s": round(epoch_s["total_s"], 4),
+        "note": note,
+    }
 
 
 def startup_note(job: RunJob, budget_s: float, todo: int, method: LoadedMethod) -> str:

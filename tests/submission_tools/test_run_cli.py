@@ -223,6 +223,11 @@ def test_a_job_share_over_the_cutoff_is_capped_unless_lifted(original, tmp_path)
         "checkpoints"].values()}  # fmt: skip
     assert len(budgets) == 1 and budgets.pop() == pytest.approx(cap, abs=0.006) and cap < share
     assert f"{cap:.2f} s budget per run" in result.stderr
+    (log,) = json.loads((out / "manifest.json").read_text())["jobs"]  # what capped the runs
+    assert log["cutoff"]["recipe"] == "fast_smallcnn" and log["cutoff"]["epochs"] == 10
+    assert log["cutoff"]["cap_s"] == pytest.approx(0.9 * 0.2 * 10 * log["cutoff"]["epoch_s"],
+                                                   abs=1e-3)  # fmt: skip
+    assert log["cutoff"]["cap_s"] == pytest.approx(cap, abs=0.006)
 
     lifted = tmp_path / "lifted"
     result = run_cli(*command(original, lifted, "--method", "finetune", "--n", "2",
@@ -230,6 +235,7 @@ def test_a_job_share_over_the_cutoff_is_capped_unless_lifted(original, tmp_path)
     assert result.returncode == 0 and "one retraining here" not in result.stderr
     entries = json.loads((lifted / "manifest.json").read_text())["checkpoints"].values()
     assert [e["budget_s"] for e in entries] == pytest.approx([share, share])
+    assert "cutoff" not in json.loads((lifted / "manifest.json").read_text())["jobs"][0]
 
     fixed = tmp_path / "fixed"
     result = run_cli(*command(original, fixed, "--method", "finetune", "--n", "2",
