@@ -54,6 +54,7 @@ from submission_tools.run.budget import duration
 from submission_tools.run.cutoff import time_retrain_epoch
 from submission_tools.run.inputs import (
     Inputs,
+    check_method_choice,
     load_method,
     load_setup_and_model,
     parse_device,
@@ -304,11 +305,7 @@ def check_args(args) -> None:
         (args.speed_factor, "--speed-factor"),
     ):
         check_positive(value, name)
-    chosen = [x for x in (args.method, args.submission, args.notebook) if x is not None]
-    if len(chosen) > 1:  # none: the kit's default method, as for the runner and the evaluator
-        raise UsageError(
-            "give at most one of --method NAME, --submission FILE.py or --notebook FILE.ipynb"
-        )
+    check_method_choice(args)  # before --calibrate writes anything
 
 
 def profile(args) -> dict:

@@ -154,9 +154,8 @@ def open_checkpoints(path: str | Path, *, n_models: int | None = None) -> Checkp
             "the folder or zip with all of them, or leave --n-models out to score what is there"
         )
     if n < 2:
-        zipped = sorted(path.glob("*.zip")) if path.is_dir() else []
+        zipped = sorted(path.glob("*.zip")) if n == 0 and path.is_dir() else []
         hint = f" (give the zip in it instead: --checkpoints {zipped[0]})" if zipped else ""
-        hint = hint if n == 0 else ""
         raise UsageError(
             f"--checkpoints {path} holds {n} checkpoint(s): the score needs 2 or more{hint}"
         )

@@ -6,6 +6,7 @@ import sys
 from local_eval.common.errors import RunTimeout
 from local_eval.data.setup import LOADER_BATCH
 from local_eval.training.train import CUTOFF
+from submission_tools.run.cutoff import CUTOFF_MARGIN
 from submission_tools.run.folder import ZIP_NAME
 from submission_tools.run.job import RunJob
 from submission_tools.run.runner import run_job
@@ -43,9 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--cutoff",
         type=float,
         default=CUTOFF,
-        help="without --budget-s, no run is granted more than 90%% of this share of one "
-        "retraining, an epoch of which is timed first (default %(default)s, the organisers' "
-        "cut-off; 0: no cap)",
+        help=f"without --budget-s, no run is granted more than {100 * CUTOFF_MARGIN:.0f}%% of this "
+        "share of one retraining, an epoch of which is timed first (default %(default)s, the "
+        "organisers' cut-off; 0: no cap)",
     )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="run i uses seed + i")

@@ -53,14 +53,19 @@ def load_inputs(job) -> Inputs:
     return Inputs(setup, arch, original, sha256_of(original_path), method, device)
 
 
-def load_method(job) -> LoadedMethod:
-    """The job's ``unlearning`` (``--method``, ``--submission`` or ``--notebook``: at most
-    one; none is the kit's default method, as for ``python -m local_eval``), through the
-    evaluator's loader."""
+def check_method_choice(job) -> None:
+    """At most one of ``--method``, ``--submission`` and ``--notebook`` (none: the kit's
+    default method, as for ``python -m local_eval``)."""
     given = [x for x in (job.method, job.submission, job.notebook) if x is not None]
     if len(given) > 1:
         raise UsageError("give at most one of --method NAME, --submission FILE.py or "
                          "--notebook FILE.ipynb")  # fmt: skip
+
+
+def load_method(job) -> LoadedMethod:
+    """The job's ``unlearning`` (:func:`check_method_choice`), through the evaluator's
+    loader."""
+    check_method_choice(job)
     if job.submission is not None:
         check_file(job.submission, "submission file")
     return load_unlearning(
