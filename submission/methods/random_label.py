@@ -16,10 +16,9 @@ epoch so far; a budget too short for one epoch cuts the first one's retain pass.
 """
 
 import torch
-import torch.nn.functional as F
 
 from ..batches import count_batches, device_batches
-from ..helpers import device_of, num_classes
+from ..helpers import cross_entropy_step, device_of, num_classes
 from ..loop import Deadline, TrainLoop
 from ..registry import register
 
@@ -34,17 +33,13 @@ def relabelled_epochs(net, optimizer, retain, forget, loop: TrainLoop, *, epochs
     classes = num_classes(net)
     n_retain, n_forget = count_batches(retain), count_batches(forget)
 
+    train_step = cross_entropy_step(net, optimizer, before_step=before_step)
+
     def step(batch, relabel: bool):
         x, y = batch
         if relabel:
             y = torch.randint(0, classes, y.shape, device=y.device)
-        optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(net(x), y)
-        loss.backward()
-        if before_step is not None:
-            before_step()
-        optimizer.step()
-        return loss
+        return train_step((x, y))
 
     net.train()
     slowest = 0.0  # seconds of the slowest epoch so far
