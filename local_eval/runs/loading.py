@@ -39,6 +39,7 @@ import inspect
 import json
 import sys
 import types
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,9 +203,12 @@ def _check_hyperparameters(fn: Callable, overrides: Mapping, source: str) -> Non
     if not overrides:
         return
     try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return
+        params = inspect.signature(fn, eval_str=True).parameters
+    except (TypeError, ValueError, NameError, SyntaxError):  # eval_str: an unresolvable name
+        try:
+            params = inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            return
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
     unknown = [k for k in overrides if k not in params and not takes_any]
     if unknown or "budget_s" in overrides:
@@ -214,6 +218,66 @@ def _check_hyperparameters(fn: Callable, overrides: Mapping, source: str) -> Non
             f"{name} has no hyperparameter {', '.join(unknown) or 'budget_s (use --budget-s)'}; "
             f"its hyperparameters: {', '.join(known) or '(none)'}"
         )
+    for key, value in overrides.items():
+        if key in params:
+            _check_value_type(params[key], value, source.partition(":")[2] or source)
+
+
+UNIONS = (typing.Union, types.UnionType)  # the origins of `int | None` and Optional[int]
+# the types a --hp value is checked against; other annotations (a tuple, a callable) are not
+SIMPLE_TYPES = (bool, int, float, str, type(None))
+
+
+def _expected_types(param: inspect.Parameter) -> tuple[type, ...] | None:
+    """The simple types ``param`` takes, from its annotation, else from its default's type;
+    ``None`` where that says nothing checkable (no annotation and a ``None`` default, or an
+    annotation other than bool / int / float / str / None and their unions)."""
+    annotation = param.annotation
+    if annotation is inspect.Parameter.empty:
+        default = param.default
+        if default is inspect.Parameter.empty or default is None:
+            return None
+        annotation = type(default)
+    members = typing.get_args(annotation) if typing.get_origin(annotation) in UNIONS else ()
+    types_ = tuple(members) or (annotation,)
+    types_ = tuple(type(None) if t is None else t for t in types_)
+    if not all(isinstance(t, type) and t in SIMPLE_TYPES for t in types_):
+        return None
+    return types_
+
+
+def _fits(value: object, types_: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):  # a bool is an int to Python, not to a rate or a count
+        return bool in types_
+    if isinstance(value, int) and float in types_:  # lr=1 is a float's value
+        return True
+    return isinstance(value, types_)
+
+
+def _check_value_type(param: inspect.Parameter, value: object, name: str) -> None:
+    """A ``--hp`` value of a type the method's keyword does not take is an error naming
+    both (a value that is not a Python literal arrives as a string: ``lr=abc``)."""
+    types_ = _expected_types(param)
+    if types_ is None or _fits(value, types_):
+        return
+    wanted = " or ".join("None" if t is type(None) else t.__name__ for t in types_)
+    default = "" if param.default is inspect.Parameter.empty else f", default {param.default!r}"
+    raise UsageError(
+        f"{name}'s {param.name} takes {wanted}{default}; --hp {param.name}={value!r} is "
+        f"{_article(type(value).__name__)}. Give a Python literal of that type (e.g. "
+        f"{param.name}={_example(types_)})"
+    )
+
+
+def _article(word: str) -> str:
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+
+
+def _example(types_: tuple[type, ...]) -> str:
+    for t, example in ((float, "0.001"), (int, "3"), (bool, "True"), (str, "name")):
+        if t in types_:
+            return example
+    return "None"
 
 
 def _sha256_files(paths: list[Path], root: Path | None = None) -> str:

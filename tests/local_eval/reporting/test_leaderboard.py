@@ -598,21 +598,24 @@ def test_the_board_refuses_fewer_than_one_repeat(tmp_path, capsys):
 
 
 def test_a_board_entry_is_a_method_or_a_variant_of_one_with_its_hyperparameters():
+    variant = "forget_free[cycle_epochs=(1, 2)]"  # a comma inside a value
     assert leaderboard.choose_methods(
-        " relearn, relearn[ regime=reset , epochs=4 ],prune_reinit,relearn,ssd[dampening=(1, 2)]"
-    ) == ["relearn", "relearn[regime=reset,epochs=4]", "prune_reinit", "ssd[dampening=(1, 2)]"]
+        f" relearn, relearn[ regime=reset , epochs=4 ],prune_reinit,relearn,{variant}"
+    ) == ["relearn", "relearn[regime=reset,epochs=4]", "prune_reinit", variant]
     assert leaderboard.method_entry("relearn") == ("relearn", {})
     assert leaderboard.choose_methods("all") == list(submission.METHODS)
     assert leaderboard.choose_methods("relearn[regime=reset], all,relearn") == [
         "relearn[regime=reset]", *submission.METHODS]  # fmt: skip
     assert leaderboard.method_entry("relearn[regime=reset,epochs=4]") == (
         "relearn", {"regime": "reset", "epochs": 4})  # fmt: skip
-    assert leaderboard.method_entry("ssd[dampening=(1, 2)]") == ("ssd", {"dampening": (1, 2)})
+    assert leaderboard.method_entry("forget_free[cycle_epochs=(1, 2)]") == (
+        "forget_free", {"cycle_epochs": (1, 2)})  # fmt: skip
     for spec, said in [
         ("relearn[regime=reset", "unbalanced brackets"),
         ("relearn[]", "empty brackets"),
         ("relearn[regime]", "in the --methods entry 'relearn[regime]': --hp expects NAME=VALUE"),
         ("relearn[bogus=1]", "relearn has no hyperparameter bogus"),
+        ("ssd[dampening=(1, 2)]", "ssd's dampening takes float, default 1.0"),
         ("relearn(x=1)", "a --methods entry is NAME or NAME[K=V,...]"),
         ("nope[x=1]", "unknown method 'nope'"),
     ]:

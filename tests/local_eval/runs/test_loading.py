@@ -1,9 +1,12 @@
+import inspect
 import json
+import re
 import textwrap
 
 import pytest
 
-from local_eval.runs.loading import load_unlearning, notebook_definitions
+from local_eval.common.errors import UsageError
+from local_eval.runs.loading import load_unlearning, notebook_definitions, parse_hyperparameters
 
 
 def write_notebook(path, *cells, markdown=("# title",)):
@@ -197,3 +200,52 @@ def test_kit_built_kaggle_notebook_loads(tmp_path):
     path = save_notebook(build_kaggle_notebook(method="finetune"), tmp_path / "ft.ipynb")
     loaded = load_unlearning(notebook=path)
     assert callable(loaded.fn) and loaded.source == f"notebook:{path}"
+
+
+@pytest.mark.parametrize(
+    "pairs, message",
+    [
+        (["lr=abc"], "relearn's lr takes float, default 0.0007; --hp lr='abc' is a str"),
+        (["epochs=2.5"], "relearn's epochs takes int, default 6; --hp epochs=2.5 is a float"),
+        (["perturb=fast"], "relearn's perturb takes float or None"),
+        (["lr=True"], "--hp lr=True is a bool"),
+    ],
+)
+def test_hyperparameter_of_the_wrong_type_is_a_usage_error(pairs, message):
+    with pytest.raises(UsageError, match=re.escape(message)):
+        load_unlearning(method="relearn", hyperparameters=parse_hyperparameters(pairs))
+
+
+def test_hyperparameters_of_the_right_type_load():
+    pairs = ["lr=1", "epochs=3", "perturb=None", "perturb=0.5", "regime=reset"]
+    for pair in pairs:  # an int is a rate's value; None where the annotation allows it
+        load_unlearning(method="relearn", hyperparameters=parse_hyperparameters([pair]))
+    load_unlearning(method="shrink_perturb", hyperparameters={"scale_lr": False})
+
+
+def test_every_kit_methods_own_defaults_pass_the_type_check():
+    """The check reads each keyword's annotation: a method's own default must fit it (else a
+    board's variant repeating a default would be refused)."""
+    from submission import METHODS
+
+    checked = 0
+    for name, fn in METHODS.items():
+        params = inspect.signature(fn, eval_str=True).parameters.values()
+        defaults = {
+            p.name: p.default
+            for p in params
+            if p.kind is p.KEYWORD_ONLY and p.name != "budget_s" and p.default is not p.empty
+        }
+        load_unlearning(method=name, hyperparameters=defaults)
+        checked += len(defaults)
+    assert checked > 100
+
+
+def test_a_submission_without_annotations_is_checked_by_its_defaults(tmp_path):
+    path = tmp_path / "sub.py"
+    path.write_text(
+        "def unlearning(net, retain, forget, val, *, lr=0.01, note=None):\n    return net\n"
+    )
+    load_unlearning(submission=path, hyperparameters={"lr": 0.1, "note": "anything"})
+    with pytest.raises(UsageError, match=re.escape("sub.py's lr takes float, default 0.01")):
+        load_unlearning(submission=path, hyperparameters={"lr": "x"})
