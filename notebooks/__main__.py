@@ -1,5 +1,6 @@
-"""``python -m notebooks build [--method NAME | --submission FILE.py] --out FILE.ipynb``: a
-self-contained Kaggle submission notebook (of the kit's default method unless told otherwise).
+"""``python -m notebooks build [--method NAME [--hp NAME=VALUE ...] | --submission FILE.py]
+--out FILE.ipynb``: a self-contained Kaggle submission notebook (of the kit's default method
+unless told otherwise).
 
 ``python -m notebooks build-eval --out FILE.ipynb [--dataset digits] [--method NAME]
 [--n-models N]``: a notebook running the local evaluator (``local_eval``) next to the kit and
@@ -7,24 +8,12 @@ showing its report.
 """
 
 import argparse
-import ast
 import sys
 
+from local_eval.common.errors import UsageError
+from local_eval.runs.loading import parse_hyperparameters
 from notebooks.build import BuildError, build_kaggle_notebook, write_notebook
 from notebooks.eval_notebook import KNOWN_DATASETS, build_eval_notebook
-
-
-def _parse_set(items: list[str]) -> dict:
-    kwargs = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.isidentifier():
-            raise BuildError(f"--set expects NAME=VALUE, got {item!r}")
-        try:
-            kwargs[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            kwargs[key] = value  # a bare word: a string
-    return kwargs
 
 
 def main(argv=None) -> int:
@@ -37,8 +26,10 @@ def main(argv=None) -> int:
     )
     source.add_argument("--submission", metavar="FILE.py",
                         help="a file defining unlearning(net, retain, forget, val)")
-    build.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                       help="override a method hyperparameter (repeatable; --method only)")
+    build.add_argument("--hp", "--set", dest="hp", action="append", default=[],
+                       metavar="NAME=VALUE",
+                       help="override a method hyperparameter, a Python literal, as the other "
+                       "commands' --hp (repeatable; --method only; --set is the old name)")
     build.add_argument("--out", required=True, metavar="FILE.ipynb")
     evaluate = sub.add_parser("build-eval", help="a notebook running the local evaluator")
     evaluate.add_argument("--dataset", default="digits",
@@ -53,8 +44,8 @@ def main(argv=None) -> int:
         return _build_eval(args)
     try:
         nb = build_kaggle_notebook(method=args.method, submission_file=args.submission,
-                                   method_kwargs=_parse_set(args.set) or None)
-    except BuildError as err:
+                                   method_kwargs=parse_hyperparameters(args.hp) or None)
+    except (BuildError, UsageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = _write(nb, args.out)

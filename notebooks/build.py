@@ -17,6 +17,8 @@ from pathlib import Path
 
 import nbformat
 
+from local_eval.common.errors import UsageError
+from local_eval.runs.loading import check_hyperparameters
 from notebooks.inline import (
     NAMESPACE_HELPER,
     InlinedModule,
@@ -162,19 +164,13 @@ def _inline_submission_file(path: Path, package: str) -> list[InlinedModule]:
 
 
 def _check_method_kwargs(method: str, package: str, kwargs: dict) -> None:
-    """Refuse overrides the method does not take (a typo would otherwise fail on Kaggle)."""
-    if not kwargs:
-        return
-    params = inspect.signature(importlib.import_module(package).get_method(method)).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return
-    known = [k for k, p in params.items() if p.kind is p.KEYWORD_ONLY and k != "budget_s"]
-    unknown = [k for k in kwargs if k not in known]
-    if unknown:
-        raise BuildError(
-            f"{method} has no hyperparameter {', '.join(unknown)}; "
-            f"its hyperparameters: {', '.join(known) or '(none)'}"
-        )
+    """Refuse overrides the method does not take, or of a type it does not take (a typo
+    would otherwise fail on Kaggle): the evaluator's and runner's own check."""
+    fn = importlib.import_module(package).get_method(method)
+    try:
+        check_hyperparameters(fn, kwargs, method)
+    except UsageError as err:
+        raise BuildError(str(err)) from None
 
 
 def _method_entry_cell(method: str, fn_name: str, module: str, kwargs: dict) -> str:

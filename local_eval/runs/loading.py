@@ -51,6 +51,7 @@ __all__ = [
     "PER_BUDGET",
     "USER_MODULE_PREFIX",
     "LoadedMethod",
+    "check_hyperparameters",
     "load_unlearning",
     "notebook_definitions",
     "parse_hyperparameters",
@@ -195,11 +196,14 @@ def load_unlearning(
 
         fn, source = kit.unlearning, f"default:{kit.DEFAULT_METHOD}"
     overrides = dict(hyperparameters or {})
-    _check_hyperparameters(fn, overrides, source)
+    check_hyperparameters(fn, overrides, source.partition(":")[2] or source)
     return LoadedMethod(fn, source, _accepts_budget(fn), notes, overrides)
 
 
-def _check_hyperparameters(fn: Callable, overrides: Mapping, source: str) -> None:
+def check_hyperparameters(fn: Callable, overrides: Mapping, name: str) -> None:
+    """Refuse ``overrides`` that ``fn`` (called ``name`` in the message) does not take: a
+    keyword it lacks, ``budget_s`` (the commands' own option), or a value of a type its
+    keyword's annotation (else its default) does not allow. Raises :class:`UsageError`."""
     if not overrides:
         return
     try:
@@ -213,14 +217,13 @@ def _check_hyperparameters(fn: Callable, overrides: Mapping, source: str) -> Non
     unknown = [k for k in overrides if k not in params and not takes_any]
     if unknown or "budget_s" in overrides:
         known = [k for k, p in params.items() if p.kind is p.KEYWORD_ONLY and k != "budget_s"]
-        name = source.partition(":")[2] or source
         raise UsageError(
             f"{name} has no hyperparameter {', '.join(unknown) or 'budget_s (use --budget-s)'}; "
             f"its hyperparameters: {', '.join(known) or '(none)'}"
         )
     for key, value in overrides.items():
         if key in params:
-            _check_value_type(params[key], value, source.partition(":")[2] or source)
+            _check_value_type(params[key], value, name)
 
 
 UNIONS = (typing.Union, types.UnionType)  # the origins of `int | None` and Optional[int]

@@ -95,9 +95,16 @@ def test_submission_file_using_kit_helpers(tmp_path):
 
 def test_cli_writes_a_notebook_or_fails_clearly(tmp_path, capsys):
     out = tmp_path / "nb" / "finetune.ipynb"
-    assert main(["build", "--method", "finetune", "--set", "epochs=2", "--out", str(out)]) == 0
+    assert main(["build", "--method", "finetune", "--hp", "epochs=2", "--out", str(out)]) == 0
     nb = nbformat.read(out, as_version=4)
     assert nb.metadata["unlearning_kit"]["method_kwargs"] == {"epochs": 2}
+    old_name = tmp_path / "nb" / "set.ipynb"  # --set, the option's earlier name, still works
+    assert main(["build", "--method", "finetune", "--set", "lr=0.01", "--out", str(old_name)]) == 0
+    assert nbformat.read(old_name, as_version=4).metadata["unlearning_kit"]["method_kwargs"] == {
+        "lr": 0.01}  # fmt: skip
+    typo = tmp_path / "nb" / "typo.ipynb"
+    assert main(["build", "--method", "finetune", "--hp", "epochs=two", "--out", str(typo)]) == 2
+    assert "finetune's epochs takes int" in capsys.readouterr().err and not typo.exists()
     bad = tmp_path / "bad.py"
     bad.write_text("import pandas\n\n\ndef unlearning(net, r, f, v):\n    pass\n")
     failed = tmp_path / "bad.ipynb"
