@@ -143,6 +143,23 @@ def test_runner_refuses_a_code_running_original(tmp_path, how):
     assert "Traceback" not in err and not out.exists()
 
 
+@pytest.mark.parametrize("content", [b"not a model\n", bytes(range(256)) * 3])
+def test_runner_calls_a_file_that_is_no_pickle_unreadable_not_unsafe(tmp_path, content):
+    """torch's weights-only loader reports any bytes it cannot parse as a refused pickle that
+    "can still be loaded" with weights_only=False; a text file is not that."""
+    junk = tmp_path / "original.pth"
+    junk.write_bytes(content)
+    out = tmp_path / "out"
+    code, err = invoke(run_main, ["--data", "digits", "--arch", "smallcnn", "--method",
+                                  "finetune", "--original", str(junk), "--n", "1",
+                                  "--out", str(out)])  # fmt: skip
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot read the original model")
+    assert "not a file written by torch.save" in lines[0] and "could run code" not in lines[0]
+    assert "Traceback" not in err and not out.exists()
+
+
 def test_profile_refuses_a_code_running_original(tmp_path):
     marker = tmp_path / "MARKER"
     evil = write_evil(tmp_path / "evil.pth", marker, how="torch")

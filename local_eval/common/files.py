@@ -2,10 +2,14 @@
 
 import contextlib
 import hashlib
+import io
 import json
 import os
+import pickle
+import pickletools
 import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -21,15 +25,44 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def safe_torch_load(path: Path):
+def safe_torch_load(path):
     """``torch.load(path, weights_only=True)`` on the CPU; never runs code from the file.
 
-    Raises ``pickle.UnpicklingError`` for a file holding other Python objects, ``OSError`` and
-    the like for unreadable ones.
+    Raises ``pickle.UnpicklingError`` for a pickle holding other Python objects, ``ValueError``
+    for bytes that are no pickle at all (a text file, random bytes), ``OSError`` and the like
+    for unreadable ones. (``path`` may be a file object read in its place.)
     """
     with warnings.catch_warnings():  # e.g. "pickle protocol 4": the refusal says enough
         warnings.simplefilter("ignore")
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            # torch reports bytes its unpickler cannot parse as a weights-only refusal too
+            # ("re-running with weights_only=False will likely succeed"): for a file that is
+            # no pickle at all that advice misleads, so tell the two apart
+            if not _holds_a_pickle(path):
+                raise ValueError("not a pickle that torch.load can read") from None
+            raise
+
+
+def _holds_a_pickle(path) -> bool:
+    """Whether ``path`` (torch's zip format: its ``data.pkl``; else the file itself) starts with
+    a well-formed pickle. Reads the opcodes only (``pickletools``), never unpickles."""
+    try:
+        if hasattr(path, "seek"):
+            path.seek(0)
+            raw = path.read()
+        else:
+            raw = Path(path).read_bytes()
+        if zipfile.is_zipfile(io.BytesIO(raw)):
+            with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+                names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+                raw = archive.read(names[0]) if names else b""
+        for _ in pickletools.genops(raw):
+            pass
+        return bool(raw)
+    except Exception:  # an unknown opcode, truncated bytes, an unreadable member
+        return False
 
 
 def atomic_write_bytes(path: Path, data) -> None:
