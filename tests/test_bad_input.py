@@ -269,6 +269,8 @@ def f(name):
 CASES = [
     # --- python -m local_eval: options
     Case("le-n0", "local_eval", le("--n-models", "0"), "n_models must be at least 2"),
+    Case("le-hp-type", "local_eval", le("--method", "relearn", "--hp", "lr=abc"),
+         "relearn's lr takes float"),
     Case("le-n1", "local_eval", le("--n-models", "1"), "n_models must be at least 2"),
     Case("le-neg-budget", "local_eval", le("--budget-s", "-1"), "budget_s must be positive"),
     Case("le-nan-budget", "local_eval", le("--budget-s", "nan"), "budget_s must be positive"),
@@ -387,6 +389,8 @@ CASES = [
     Case("run-hp", "run", run("--method", "finetune", "--hp", "nonsense=1"),
          "has no hyperparameter nonsense"),
     Case("run-hp-form", "run", run("--method", "finetune", "--hp", "lr"), "--hp expects"),
+    Case("run-hp-type", "run", run("--method", "finetune", "--hp", "epochs=2.5"),
+         "finetune's epochs takes int"),
     Case("run-device", "run", run("--method", "finetune", "--device", "tpu"), "--device"),
     Case("run-arch", "run", run("--method", "finetune", "--arch", "transformer"), "--arch"),
     Case("run-data", "run", run("--method", "finetune", "--data", "imagenet"),
@@ -448,6 +452,8 @@ CASES = [
          "--speed-factor", out="none"),
     Case("profile-method", "profile", raw("--method", "nope"), "unknown method 'nope'",
          out="none"),
+    Case("profile-hp-type", "profile", raw("--method", "finetune", "--hp", "lr=fast"),
+         "finetune's lr takes float", out="none"),
     Case("profile-two", "profile", raw("--method", "finetune", "--notebook", f("none.ipynb")),
          "give at most one of --method NAME", out="none"),
     Case("profile-orig-missing", "profile", raw("--method", "finetune", "--arch", "smallcnn",
