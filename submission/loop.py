@@ -7,7 +7,12 @@ plans in total, and then runs its phases (epochs, max/min steps, importance pass
 - scales the work to the budget: after a few probe steps it measures the seconds per step and
   runs only the fraction of every later phase that fits (fewer steps per epoch, evenly, rather
   than dropping the last phases of a recipe);
-- never starts a step it cannot finish before the deadline (a backstop to the scaling);
+- never starts a step it cannot finish before the deadline (a backstop to the scaling): a
+  step starts only while ``STEP_RESERVE`` (1.25) average steps remain, since the last step
+  may be slower than the average and the run's own work after the loop counts too (with the
+  bare average, runs whose last step ran slow ended past their budget, and so past the
+  organisers' cut-off where the budget is the cut-off: docs/leaderboard.md); a step slower
+  than that, on a machine that stalls, can still end past it;
 - drives learning-rate schedules (:class:`Schedule`) over the steps that will actually run;
 - records per-phase seconds (data loading vs forward/backward/step) into the
   :func:`record_timings` collector when one is active (``python -m submission.profile``).
@@ -26,6 +31,7 @@ from .devices import synchronize
 
 __all__ = [
     "MARGIN",
+    "STEP_RESERVE",
     "Deadline",
     "Schedule",
     "Timings",
@@ -43,6 +49,7 @@ __all__ = [
 
 _WARMED: set[str] = set()  # devices warmed in this process
 MARGIN = 0.85  # share of the remaining budget a loop plans to use (TrainLoop's ``margin``)
+STEP_RESERVE = 1.25  # average steps that must remain for another step to start
 
 
 def warm_up(device: torch.device | str | None = None) -> None:
@@ -343,7 +350,7 @@ class TrainLoop:
             return True
         if self.steps == 0:
             return self.deadline.remaining() > 0
-        if self.deadline.remaining() < self.seconds_per_step:
+        if self.deadline.remaining() < STEP_RESERVE * self.seconds_per_step:
             self.stopped = True
             return False
         return True

@@ -1,5 +1,6 @@
 import math
 import time
+import types
 
 import pytest
 import torch
@@ -241,3 +242,22 @@ def test_the_warm_up_step_leaves_the_random_stream_where_it_was():
     torch.manual_seed(7)
     _one_tiny_step(torch.device("cpu"))  # a real step: initialises layers, Adam on the CPU
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_step_slower_than_the_average_still_ends_within_the_deadline(monkeypatch):
+    """On a simulated clock: five 30 ms steps, then 36 ms ones, in a 185 ms budget. With 35 ms
+    left after the fifth, the bare average (30 ms) would start a sixth that ends at 186 ms, past
+    the deadline; a step starts only while STEP_RESERVE average steps (37.5 ms) remain."""
+    from submission import loop as loop_module
+
+    now = [0.0]
+    monkeypatch.setattr(loop_module, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    durations = iter([0.03] * 5 + [0.036] * 10)
+
+    def step(batch):
+        now[0] += next(durations)
+
+    loop = TrainLoop(Deadline(0.185, clock=lambda: now[0]), planned_steps=1, probe_steps=100)
+    done = loop.run(range(100), step, steps=100)
+    assert (done, loop.stopped) == (5, True) and now[0] == pytest.approx(0.15)
+    assert loop_module.STEP_RESERVE * 0.03 > 0.185 - 0.15 > 0.03  # the case the rule is for
