@@ -54,8 +54,9 @@ def _holds_a_pickle(path) -> bool:
             raw = path.read()
         else:
             raw = Path(path).read_bytes()
-        if zipfile.is_zipfile(io.BytesIO(raw)):
-            with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+        buffer = io.BytesIO(raw)
+        if zipfile.is_zipfile(buffer):
+            with zipfile.ZipFile(buffer) as archive:
                 names = [n for n in archive.namelist() if n.endswith("data.pkl")]
                 raw = archive.read(names[0]) if names else b""
         for _ in pickletools.genops(raw):

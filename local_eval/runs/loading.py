@@ -202,8 +202,9 @@ def load_unlearning(
 
 def check_hyperparameters(fn: Callable, overrides: Mapping, name: str) -> None:
     """Refuse ``overrides`` that ``fn`` (called ``name`` in the message) does not take: a
-    keyword it lacks, ``budget_s`` (the commands' own option), or a value of a type its
-    keyword's annotation (else its default) does not allow. Raises :class:`UsageError`."""
+    keyword it lacks, one of its four data arguments, ``budget_s`` (the commands' own
+    option), or a value of a type its keyword's annotation (else its default) does not allow.
+    Raises :class:`UsageError`."""
     if not overrides:
         return
     try:
@@ -214,7 +215,9 @@ def check_hyperparameters(fn: Callable, overrides: Mapping, name: str) -> None:
         except (TypeError, ValueError):
             return
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    unknown = [k for k in overrides if k not in params and not takes_any]
+    # net, retain, forget, val: what every run passes, never a hyperparameter
+    data = [k for k, p in params.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    unknown = [k for k in overrides if k in data[:4] or (k not in params and not takes_any)]
     if unknown or "budget_s" in overrides:
         known = [k for k, p in params.items() if p.kind is p.KEYWORD_ONLY and k != "budget_s"]
         raise UsageError(

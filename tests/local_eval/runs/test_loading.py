@@ -216,6 +216,17 @@ def test_hyperparameter_of_the_wrong_type_is_a_usage_error(pairs, message):
         load_unlearning(method="relearn", hyperparameters=parse_hyperparameters(pairs))
 
 
+def test_a_data_argument_is_not_a_hyperparameter(tmp_path):
+    """The notebook builder refused these before it shared this check; so does every command."""
+    with pytest.raises(UsageError, match="relearn has no hyperparameter retain"):
+        load_unlearning(method="relearn", hyperparameters={"retain": 1})
+    path = tmp_path / "sub.py"  # a file's hyperparameter may be positional-or-keyword
+    path.write_text("def unlearning(net, retain, forget, val, lr=0.01):\n    return net\n")
+    load_unlearning(submission=path, hyperparameters={"lr": 0.1})
+    with pytest.raises(UsageError, match=re.escape("sub.py has no hyperparameter net")):
+        load_unlearning(submission=path, hyperparameters={"net": 0.1})
+
+
 def test_hyperparameters_of_the_right_type_load():
     pairs = ["lr=1", "epochs=3", "perturb=None", "perturb=0.5", "regime=reset"]
     for pair in pairs:  # an int is a rate's value; None where the annotation allows it
